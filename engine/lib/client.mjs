@@ -1,0 +1,432 @@
+import { randomInt } from 'node:crypto';
+
+import { BackendFault } from './backend.mjs';
+import { SessionState, quoteIdent, quoteLiteral } from './sessions.mjs';
+import {
+  CANCEL_REQUEST,
+  GSSENC_REQUEST,
+  PROTOCOL_3,
+  SSL_REQUEST,
+  Framer,
+  ProtocolError,
+  authenticationOk,
+  backendKeyData,
+  commandComplete,
+  copyInResponse,
+  cstring,
+  errorResponse,
+  message,
+  parameterStatus,
+  readCString,
+  readyForQuery,
+  scanBackendOutput,
+  simpleQuery,
+  syncMessage,
+} from './wire.mjs';
+
+const COPY_FROM_STDIN = /^\s*copy\s+([\s\S]*?)\s+from\s+stdin\b([\s\S]*?);?\s*$/i;
+const COPY_TARGET = /^((?:"(?:[^"]|"")+"|[\w$]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[\w$]+))?)\s*(?:\(([\s\S]*)\))?$/;
+const MENTIONS_STDIN_COPY = /\bcopy\b[\s\S]*\bfrom\s+stdin\b/i;
+const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
+const RESET_ALL = /^\s*reset\s+all\s*;?\s*$/i;
+const DEALLOCATE = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[\w$]+)\s*;?\s*$/i;
+const STARTUP_ONLY = new Set(['user', 'database', 'replication', 'options']);
+
+let nextClientId = 1;
+
+export class Client {
+  constructor(socket, engine) {
+    this.id = nextClientId++;
+    this.socket = socket;
+    this.engine = engine;
+    this.sessions = engine.sessions;
+    this.backend = engine.backend;
+    this.log = engine.log;
+    this.framer = new Framer({ startup: true });
+    this.inbox = [];
+    this.pending = [];
+    this.pumping = false;
+    this.closed = false;
+    this.txStatus = 'I';
+    this.copy = null;
+    this.skipTillSync = false;
+    this.idleTimer = null;
+    this.session = null;
+
+    socket.setNoDelay(true);
+    socket.on('data', (chunk) => this.#onData(chunk));
+    socket.on('close', () => this.#onClose());
+    socket.on('error', (err) => this.log(`client ${this.id}: socket error: ${err.message}`));
+  }
+
+  #onData(chunk) {
+    this.#clearIdleTimer();
+    this.framer.push(chunk);
+    try {
+      for (let msg = this.framer.next(); msg; msg = this.framer.next()) this.inbox.push(msg);
+    } catch (err) {
+      this.#fatal('08P01', `invalid frontend message: ${err.message}`);
+      return;
+    }
+    this.#pump();
+  }
+
+  async #pump() {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.inbox.length && !this.closed) await this.#handle(this.inbox.shift());
+    } catch (err) {
+      if (err instanceof BackendFault) this.engine.fault(err);
+      else if (err instanceof ProtocolError) this.#fatal('08P01', err.message);
+      else {
+        this.log(`client ${this.id}: internal error: ${err.stack ?? err}`);
+        this.#fatal('XX000', `embedded engine internal error: ${err.message}`);
+      }
+    } finally {
+      this.pumping = false;
+    }
+    this.#armIdleTimer();
+  }
+
+  async #handle(msg) {
+    if (this.engine.debug) this.log(`client ${this.id} <- ${msg.type ?? 'startup'} (${msg.bytes.length} bytes)`);
+    if (this.framer.expectStartup) return this.#handleStartup(msg);
+    if (this.copy) return this.#handleCopy(msg);
+    if (this.skipTillSync && msg.type !== 'S') return;
+    switch (msg.type) {
+      case 'P':
+      case 'B':
+      case 'D':
+      case 'C':
+      case 'E':
+        return this.#queueExtended(msg);
+      case 'H':
+        this.pending.push(msg.bytes);
+        return this.#dispatch();
+      case 'S':
+        if (this.skipTillSync) return this.#endSkip();
+        this.pending.push(msg.bytes);
+        return this.#dispatch();
+      case 'Q':
+        return this.#handleQuery(msg);
+      case 'F':
+        this.pending.push(msg.bytes);
+        return this.#dispatch();
+      case 'X':
+        this.socket.end();
+        return this.#onClose();
+      case 'd':
+      case 'c':
+      case 'f':
+        return; // copy messages outside COPY are ignored, as PostgreSQL does
+      default:
+        throw new ProtocolError(`unexpected message type '${msg.type}'`);
+    }
+  }
+
+  #handleStartup(msg) {
+    const code = msg.body.readInt32BE(0);
+    if (code === SSL_REQUEST || code === GSSENC_REQUEST) {
+      this.socket.write('N');
+      return;
+    }
+    if (code === CANCEL_REQUEST) {
+      // A running statement cannot be interrupted inside WASM; the request is dropped.
+      this.socket.end();
+      this.closed = true;
+      return;
+    }
+    if (code !== PROTOCOL_3) {
+      this.#fatal('0A000', `unsupported frontend protocol ${code >> 16}.${code & 0xffff}`);
+      return;
+    }
+    const params = {};
+    let offset = 4;
+    while (offset < msg.body.length && msg.body[offset] !== 0) {
+      const [key, next] = readCString(msg.body, offset);
+      const [value, after] = readCString(msg.body, next);
+      params[key] = value;
+      offset = after;
+    }
+    const settings = { ...this.sessions.baseline };
+    for (const [key, value] of Object.entries(params)) {
+      if (!STARTUP_ONLY.has(key)) settings[key.toLowerCase()] = value;
+    }
+    for (const [, key, value] of (params.options ?? '').matchAll(/(?:-c\s*|--)([\w.-]+)=((?:\\.|\S)+)/g)) {
+      settings[key.replaceAll('-', '_').toLowerCase()] = value.replace(/\\(.)/g, '$1');
+    }
+    this.session = new SessionState(settings);
+    this.sessions.register(this);
+    this.framer.expectStartup = false;
+    const status = { ...this.engine.parameterStatus };
+    for (const key of Object.keys(status)) {
+      const lower = key.toLowerCase();
+      if (lower in settings) status[key] = settings[lower];
+    }
+    const out = [authenticationOk()];
+    for (const [k, v] of Object.entries(status)) out.push(parameterStatus(k, v));
+    out.push(backendKeyData(this.id, randomInt(2 ** 31 - 1)), readyForQuery('I'));
+    this.socket.write(Buffer.concat(out));
+    this.log(`client ${this.id}: connected (${params.application_name || 'no application_name'})`);
+  }
+
+  // Prefixes statement and portal names so clients never see each other's.
+  #rename(name) {
+    return name === '' ? '' : `c${this.id}_${name}`;
+  }
+
+  #queueExtended(msg) {
+    const body = msg.body;
+    let out;
+    if (msg.type === 'P') {
+      const [name, next] = readCString(body, 0);
+      const [sql, rest] = readCString(body, next);
+      const rejection = this.#rejectSql(sql, true);
+      if (rejection) return this.#startSkip(rejection);
+      const renamed = this.#rename(name);
+      if (renamed) this.session.statements.add(renamed);
+      out = message('P', Buffer.concat([cstring(renamed), cstring(sql), body.subarray(rest)]));
+    } else if (msg.type === 'B') {
+      const [portal, next] = readCString(body, 0);
+      const [statement, rest] = readCString(body, next);
+      out = message(
+        'B',
+        Buffer.concat([cstring(this.#rename(portal)), cstring(this.#rename(statement)), body.subarray(rest)]),
+      );
+    } else if (msg.type === 'D' || msg.type === 'C') {
+      const kind = String.fromCharCode(body[0]);
+      const [name] = readCString(body, 1);
+      const renamed = this.#rename(name);
+      if (msg.type === 'C' && kind === 'S') this.session.statements.delete(renamed);
+      out = message(msg.type, Buffer.concat([Buffer.from(kind), cstring(renamed)]));
+    } else {
+      const [portal, next] = readCString(body, 0);
+      out = message('E', Buffer.concat([cstring(this.#rename(portal)), body.subarray(next)]));
+    }
+    this.pending.push(out);
+  }
+
+  #rejectSql(sql, extended) {
+    if (/\/dev\/blob/i.test(sql)) {
+      return { code: '42501', text: 'the embedded engine reserves /dev/blob for its own COPY support' };
+    }
+    if (extended && MENTIONS_STDIN_COPY.test(sql)) {
+      return {
+        code: '0A000',
+        text: 'COPY FROM STDIN is supported only through the simple query protocol on the embedded engine',
+        hint: 'Send the COPY statement without parameters.',
+      };
+    }
+    return null;
+  }
+
+  // An error found by the bridge inside an extended-protocol batch: report it, then discard
+  // messages until Sync, as the server would.
+  #startSkip(rejection) {
+    this.pending = [];
+    this.socket.write(errorResponse(rejection));
+    this.skipTillSync = true;
+  }
+
+  async #endSkip() {
+    this.skipTillSync = false;
+    if (this.txStatus !== 'I') {
+      await this.#withBackend(() => this.#failTransaction());
+    }
+    this.socket.write(readyForQuery(this.txStatus));
+  }
+
+  // Puts the backend's open transaction into the failed state, as a server error would.
+  #failTransaction() {
+    this.backend.exec(simpleQuery("do $bridge$ begin raise exception 'rejected by the embedded engine'; end $bridge$"));
+    this.txStatus = 'E';
+  }
+
+  async #handleQuery(msg) {
+    const [sql] = readCString(msg.body, 0);
+    const rejection = this.#rejectSql(sql, false);
+    if (rejection) {
+      return this.#withBackend(() => {
+        this.socket.write(errorResponse(rejection));
+        if (this.txStatus !== 'I') this.#failTransaction();
+        this.socket.write(readyForQuery(this.txStatus));
+      });
+    }
+    if (MENTIONS_STDIN_COPY.test(sql)) return this.#startCopy(sql);
+    if (this.txStatus === 'I' && DISCARD_ALL.test(sql)) {
+      return this.#withBackend(() => {
+        this.sessions.discard(this);
+        this.socket.write(Buffer.concat([commandComplete('DISCARD ALL'), readyForQuery('I')]));
+      });
+    }
+    if (this.txStatus !== 'E' && RESET_ALL.test(sql)) {
+      return this.#withBackend(() => {
+        this.sessions.resetSettings(this);
+        this.socket.write(Buffer.concat([commandComplete('RESET'), readyForQuery(this.txStatus)]));
+      });
+    }
+    const dealloc = DEALLOCATE.exec(sql);
+    if (dealloc && this.txStatus !== 'E') {
+      const quoted = dealloc[1].startsWith('"');
+      const name = quoted ? dealloc[1].slice(1, -1).replaceAll('""', '"') : dealloc[1].toLowerCase();
+      if (!quoted && name === 'all') return this.#deallocateAll();
+      const renamed = this.#rename(name);
+      if (this.session.statements.has(renamed)) {
+        this.session.statements.delete(renamed);
+        this.pending.push(simpleQuery(`deallocate ${quoteIdent(renamed)}`));
+        return this.#dispatch();
+      }
+    }
+    this.pending.push(msg.bytes);
+    return this.#dispatch();
+  }
+
+  async #deallocateAll() {
+    await this.#withBackend(() => {
+      for (const name of this.session.statements) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
+      this.session.statements.clear();
+      this.backend.tryQuery('deallocate all');
+      this.socket.write(Buffer.concat([commandComplete('DEALLOCATE ALL'), readyForQuery(this.txStatus)]));
+    });
+  }
+
+  // Runs fn while holding the backend, releasing it afterwards unless a transaction is open.
+  async #withBackend(fn) {
+    await this.sessions.acquire(this);
+    try {
+      return fn();
+    } finally {
+      if (this.txStatus === 'I') this.sessions.release(this);
+    }
+  }
+
+  async #dispatch() {
+    const batch = Buffer.concat(this.pending);
+    this.pending = [];
+    await this.sessions.acquire(this);
+    if (this.closed) return;
+    const out = this.backend.exec(batch);
+    const { status } = scanBackendOutput(out);
+    if (status) this.txStatus = status;
+    this.socket.write(out);
+    // A batch ending in Flush keeps the backend: the extended-protocol exchange is unfinished.
+    if (status === 'I') this.sessions.release(this);
+  }
+
+  async #startCopy(sql) {
+    const match = COPY_FROM_STDIN.exec(sql);
+    const target = match && COPY_TARGET.exec(match[1].trim());
+    if (!match || !target || sql.trim().replace(/;\s*$/, '').includes(';')) {
+      this.pending.push(simpleQuery(
+        "do $bridge$ begin raise exception using errcode = '0A000', message = "
+          + "'COPY FROM STDIN must be sent as a single COPY statement on the embedded engine'; end $bridge$",
+      ));
+      return this.#dispatch();
+    }
+    const options = match[2];
+    const binary = /\bbinary\b/i.test(options);
+    await this.sessions.acquire(this);
+    let columns = 0;
+    if (target[2] !== undefined) columns = target[2].split(',').length;
+    else {
+      const rows = this.backend.tryQuery(
+        `select count(*) from pg_catalog.pg_attribute where attrelid = pg_catalog.to_regclass(${quoteLiteral(
+          target[1],
+        )}) and attnum > 0 and not attisdropped`,
+      );
+      columns = rows ? Number(rows[0][0]) : 0;
+    }
+    this.copy = {
+      sql: sql.replace(/\bfrom\s+stdin\b/i, "from '/dev/blob'"),
+      chunks: [],
+      size: 0,
+    };
+    this.socket.write(copyInResponse(binary, columns));
+  }
+
+  async #handleCopy(msg) {
+    const copy = this.copy;
+    if (msg.type === 'd') {
+      copy.chunks.push(msg.body);
+      copy.size += msg.body.length;
+      return;
+    }
+    if (msg.type === 'H' || msg.type === 'S') return;
+    this.copy = null;
+    if (msg.type === 'c') {
+      const data = Buffer.concat(copy.chunks);
+      copy.chunks = [];
+      await this.backend.setBlob(data);
+      let out;
+      try {
+        out = this.backend.exec(simpleQuery(copy.sql));
+      } finally {
+        await this.backend.clearBlob();
+      }
+      const { status } = scanBackendOutput(out);
+      if (status) this.txStatus = status;
+      this.socket.write(out);
+    } else if (msg.type === 'f') {
+      const [reason] = readCString(msg.body, 0);
+      this.socket.write(errorResponse({ code: '57014', text: `COPY from stdin failed: ${reason}` }));
+      if (this.txStatus !== 'I') this.#failTransaction();
+      this.socket.write(readyForQuery(this.txStatus));
+    } else {
+      throw new ProtocolError(`unexpected message type '${msg.type}' during COPY`);
+    }
+    if (this.txStatus === 'I') this.sessions.release(this);
+  }
+
+  #armIdleTimer() {
+    this.#clearIdleTimer();
+    const timeout = this.engine.options.idleInTransactionTimeoutMs;
+    if (!timeout || this.closed || this.sessions.holder !== this) return;
+    this.idleTimer = setTimeout(() => {
+      if (this.sessions.holder === this && this.sessions.hasWaiters() && !this.pumping) {
+        this.log(`client ${this.id}: idle in transaction while others wait; terminating`);
+        this.#fatal('25P03', 'terminating connection due to idle-in-transaction timeout');
+      } else this.#armIdleTimer();
+    }, timeout);
+    this.idleTimer.unref();
+  }
+
+  #clearIdleTimer() {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+  }
+
+  #fatal(code, text) {
+    if (!this.socket.destroyed) {
+      this.socket.write(errorResponse({ severity: 'FATAL', code, text }));
+      this.socket.end();
+    }
+    this.#onClose();
+  }
+
+  // Shutdown: tell the client why, then close.
+  terminate(code, text) {
+    this.#fatal(code, text);
+  }
+
+  async #onClose() {
+    if (this.closed) return;
+    this.closed = true;
+    this.#clearIdleTimer();
+    this.engine.clients.delete(this);
+    if (!this.session) return;
+    try {
+      await this.sessions.acquire(this);
+      // Close any unfinished extended exchange, then roll back what is open.
+      this.backend.exec(syncMessage());
+      if (this.txStatus !== 'I' || this.copy) this.backend.tryQuery('rollback');
+      this.sessions.cleanup(this);
+    } catch (err) {
+      if (err instanceof BackendFault) this.engine.fault(err);
+      else this.log(`client ${this.id}: cleanup failed: ${err.message}`);
+    } finally {
+      this.sessions.release(this);
+    }
+    this.log(`client ${this.id}: disconnected`);
+  }
+}

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.database import TIMESCALE_IMAGE, Database, open_database, select_backend
+from worker.engine import default_engine_dir
+
+_BACKEND = pytest.StashKey[str]()
+_ENGINE_LOG = pytest.StashKey[Path]()
+_DESCRIPTIONS = {
+    "env": "DATABASE_URL from the environment",
+    "testcontainers": f"Docker container {TIMESCALE_IMAGE}",
+    "embedded": "embedded engine ({engine_dir}), in memory",
+}
+
+
+def _backend(config: pytest.Config) -> str:
+    if _BACKEND not in config.stash:
+        config.stash[_BACKEND] = select_backend(os.environ)
+    return config.stash[_BACKEND]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    backend = _backend(config)
+    detail = _DESCRIPTIONS[backend].format(engine_dir=default_engine_dir())
+    return f"database backend: {backend} — {detail}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    log_path = terminalreporter.config.stash.get(_ENGINE_LOG, None)
+    if log_path is not None:
+        terminalreporter.write_line(f"embedded engine log: {log_path}")
+
+
+@pytest.fixture(scope="session")
+def _database(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
+    log_dir = tmp_path_factory.mktemp("database")
+    backend = _backend(pytestconfig)
+    if backend == "embedded":
+        pytestconfig.stash[_ENGINE_LOG] = log_dir / "engine.log"
+    with open_database(backend, log_dir) as database:
+        yield database
+
+
+@pytest.fixture(scope="session")
+def database_url(_database: Database) -> str:
+    return _database.url
+
+
+@pytest.fixture(scope="session")
+def database_backend(_database: Database) -> str:
+    return _database.backend
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    connection = psycopg.connect(database_url, autocommit=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
