@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -110,11 +110,13 @@ class EmbeddedEngine:
         *,
         engine_dir: Path | None = None,
         log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.host = host
         self.startup_timeout = startup_timeout
         self.engine_dir = Path(engine_dir) if engine_dir is not None else None
+        self.extra_args = list(extra_args)
         if log_path is None and self.data_dir is not None:
             log_path = self.data_dir / "engine.log"
         self.log_path = log_path
@@ -170,6 +172,7 @@ class EmbeddedEngine:
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--data-dir", str(self.data_dir.resolve())]
+        cmd += self.extra_args
         # The engine refuses to initialise a fresh data dir that holds any file, so a log kept
         # inside one is opened only once the engine is up; until then the tail buffers it.
         defer_log = (

