@@ -59,6 +59,23 @@ def database_backend(_database: Database) -> str:
     return _database.backend
 
 
+@pytest.fixture(scope="session")
+def toolkit_available(database_url: str) -> bool:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        row = c.execute(
+            "select count(*) from pg_available_extensions where name = 'timescaledb_toolkit'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_toolkit(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("toolkit") is None:
+        return
+    if not request.getfixturevalue("toolkit_available"):
+        pytest.skip("timescaledb_toolkit is not installed on this database")
+
+
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     connection = psycopg.connect(database_url, autocommit=True)

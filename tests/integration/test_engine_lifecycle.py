@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from worker.engine import EmbeddedEngine
+from worker.engine import EmbeddedEngine, preflight
 
 # These tests start engines of their own: they are about the embedded engine's process.
 
@@ -141,7 +143,8 @@ def test_job_runner_records_failures(tmp_path: Path) -> None:
         assert wait_until(
             lambda: (
                 c.execute(
-                    "select total_failures from timescaledb_information.job_stats where job_id = %s",
+                    "select total_failures from timescaledb_information.job_stats"
+                    " where job_id = %s",
                     (job_id,),
                 ).fetchone()[0]
                 == 1
@@ -223,3 +226,23 @@ def test_engine_crash_is_a_closed_connection(tmp_path: Path) -> None:
         with pytest.raises(psycopg.OperationalError):
             c.execute("select 1")
         assert time.monotonic() - started < 5
+
+
+def test_serves_a_unix_socket(tmp_path: Path) -> None:
+    node, server = preflight()
+    socket_path = tmp_path / ".s.PGSQL.5432"
+    proc = subprocess.Popen(
+        [node, str(server), "--socket", str(socket_path), "--job-poll-ms", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline()) == {"event": "ready", "socket": str(socket_path)}
+        with psycopg.connect(host=str(tmp_path), port=5432, user="postgres") as c:
+            assert c.execute("select 6 * 7").fetchone() == (42,)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
