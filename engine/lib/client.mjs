@@ -30,6 +30,7 @@ const MENTIONS_STDIN_COPY = /\bcopy\b[\s\S]*\bfrom\s+stdin\b/i;
 const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
 const RESET_ALL = /^\s*reset\s+all\s*;?\s*$/i;
 const DEALLOCATE = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[\w$]+)\s*;?\s*$/i;
+const DEALLOCATE_ALL = /^\s*deallocate\s+(?:prepare\s+)?all\s*;?\s*$/i;
 const STARTUP_ONLY = new Set(['user', 'database', 'replication', 'options']);
 
 let nextClientId = 1;
@@ -50,6 +51,7 @@ export class Client {
     this.txStatus = 'I';
     this.copy = null;
     this.skipTillSync = false;
+    this.openExchange = false; // extended-protocol messages sent since the last ReadyForQuery
     this.idleTimer = null;
     this.session = null;
 
@@ -102,6 +104,8 @@ export class Client {
       case 'E':
         return this.#queueExtended(msg);
       case 'H':
+        // A Flush with nothing unfinished (psycopg sends one after each Sync) has no output.
+        if (!this.openExchange && this.pending.length === 0) return;
         this.pending.push(msg.bytes);
         return this.#dispatch();
       case 'S':
@@ -177,6 +181,7 @@ export class Client {
   }
 
   #queueExtended(msg) {
+    this.openExchange = true;
     const body = msg.body;
     let out;
     if (msg.type === 'P') {
@@ -185,8 +190,8 @@ export class Client {
       const rejection = this.#rejectSql(sql, true);
       if (rejection) return this.#startSkip(rejection);
       const renamed = this.#rename(name);
-      if (renamed) this.session.statements.add(renamed);
-      out = message('P', Buffer.concat([cstring(renamed), cstring(sql), body.subarray(rest)]));
+      out = message('P', Buffer.concat([cstring(renamed), cstring(this.#rewriteDeallocate(sql)), body.subarray(rest)]));
+      if (renamed) this.session.statements.set(renamed, out);
     } else if (msg.type === 'B') {
       const [portal, next] = readCString(body, 0);
       const [statement, rest] = readCString(body, next);
@@ -211,6 +216,13 @@ export class Client {
     if (/\/dev\/blob/i.test(sql)) {
       return { code: '42501', text: 'the embedded engine reserves /dev/blob for its own COPY support' };
     }
+    if (extended && (DISCARD_ALL.test(sql) || RESET_ALL.test(sql))) {
+      return {
+        code: '0A000',
+        text: 'DISCARD ALL and RESET ALL are supported only through the simple query protocol on the embedded engine',
+        hint: 'Send the statement without parameters and without preparing it.',
+      };
+    }
     if (extended && MENTIONS_STDIN_COPY.test(sql)) {
       return {
         code: '0A000',
@@ -225,16 +237,21 @@ export class Client {
   // messages until Sync, as the server would.
   #startSkip(rejection) {
     this.pending = [];
+    this.openExchange = false;
     this.socket.write(errorResponse(rejection));
     this.skipTillSync = true;
   }
 
   async #endSkip() {
     this.skipTillSync = false;
-    if (this.txStatus !== 'I') {
-      await this.#withBackend(() => this.#failTransaction());
-    }
-    this.socket.write(readyForQuery(this.txStatus));
+    await this.#withBackend(() => {
+      if (this.txStatus !== 'I') this.#failTransaction();
+      // Ends any part of the exchange that reached the backend before the rejected message.
+      const { status } = scanBackendOutput(this.backend.exec(syncMessage()));
+      if (status) this.txStatus = status;
+      this.openExchange = false;
+      this.socket.write(readyForQuery(this.txStatus));
+    });
   }
 
   // Puts the backend's open transaction into the failed state, as a server error would.
@@ -266,27 +283,35 @@ export class Client {
         this.socket.write(Buffer.concat([commandComplete('RESET'), readyForQuery(this.txStatus)]));
       });
     }
-    const dealloc = DEALLOCATE.exec(sql);
-    if (dealloc && this.txStatus !== 'E') {
-      const quoted = dealloc[1].startsWith('"');
-      const name = quoted ? dealloc[1].slice(1, -1).replaceAll('""', '"') : dealloc[1].toLowerCase();
-      if (!quoted && name === 'all') return this.#deallocateAll();
-      const renamed = this.#rename(name);
-      if (this.session.statements.has(renamed)) {
-        this.session.statements.delete(renamed);
-        this.pending.push(simpleQuery(`deallocate ${quoteIdent(renamed)}`));
-        return this.#dispatch();
-      }
+    if (DEALLOCATE_ALL.test(sql) && this.txStatus !== 'E') return this.#deallocateAll();
+    const rewritten = this.#rewriteDeallocate(sql);
+    if (rewritten !== sql) {
+      this.pending.push(simpleQuery(rewritten));
+      return this.#dispatch();
     }
     this.pending.push(msg.bytes);
     return this.#dispatch();
   }
 
+  // DEALLOCATE of one of this client's protocol-level statements names it as the backend does.
+  #rewriteDeallocate(sql) {
+    const match = DEALLOCATE.exec(sql);
+    if (!match) return sql;
+    const quoted = match[1].startsWith('"');
+    const name = quoted ? match[1].slice(1, -1).replaceAll('""', '"') : match[1].toLowerCase();
+    const renamed = this.#rename(name);
+    if (!this.session.statements.has(renamed)) return sql;
+    this.session.statements.delete(renamed);
+    return `deallocate ${quoteIdent(renamed)}`;
+  }
+
   async #deallocateAll() {
     await this.#withBackend(() => {
-      for (const name of this.session.statements) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
+      for (const name of this.session.statements.keys()) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
       this.session.statements.clear();
-      this.backend.tryQuery('deallocate all');
+      // Other clients' SQL-level statements are parked while this one runs: these are its own.
+      const own = this.backend.tryQuery('select name from pg_catalog.pg_prepared_statements where from_sql') ?? [];
+      for (const [name] of own) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
       this.socket.write(Buffer.concat([commandComplete('DEALLOCATE ALL'), readyForQuery(this.txStatus)]));
     });
   }
@@ -307,11 +332,15 @@ export class Client {
     await this.sessions.acquire(this);
     if (this.closed) return;
     const out = this.backend.exec(batch);
-    const { status } = scanBackendOutput(out);
-    if (status) this.txStatus = status;
+    const { status, deallocatedAll } = scanBackendOutput(out);
+    if (status) {
+      this.txStatus = status;
+      this.openExchange = false;
+    }
+    if (deallocatedAll) this.sessions.restoreOthersStatements(this);
     this.socket.write(out);
     // A batch ending in Flush keeps the backend: the extended-protocol exchange is unfinished.
-    if (status === 'I') this.sessions.release(this);
+    if (this.txStatus === 'I' && !this.openExchange) this.sessions.release(this);
   }
 
   async #startCopy(sql) {

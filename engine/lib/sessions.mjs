@@ -1,3 +1,5 @@
+import { syncMessage } from './wire.mjs';
+
 // One backend serves many clients. A client holds the backend from its first message until it
 // is idle outside a transaction; others queue. When the holder changes, the outgoing client's
 // session state (settings, SQL-level prepared statements, temp relations, advisory locks) is
@@ -34,7 +36,7 @@ export class SessionState {
     this.sqlPrepared = {};
     this.tempRenames = new Map(); // name while swapped out -> own name
     this.advisoryLocks = new Set(); // "{classid,objid,objsubid}"
-    this.statements = new Set(); // protocol-level statement names, as the backend knows them
+    this.statements = new Map(); // protocol-level statement name in the backend -> its Parse
   }
 }
 
@@ -181,7 +183,7 @@ export class SessionManager {
   // Frees everything a departing owner left in the backend. The owner must hold the backend.
   cleanup(owner) {
     const s = owner.session;
-    for (const name of s.statements) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
+    for (const name of s.statements.keys()) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
     s.statements.clear();
     const snap = this.#snapshot();
     this.#dropOwnState(owner, snap);
@@ -193,11 +195,20 @@ export class SessionManager {
   // DISCARD ALL for one client.
   discard(owner) {
     const s = owner.session;
-    for (const name of s.statements) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
+    for (const name of s.statements.keys()) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
     s.statements.clear();
     const snap = this.#snapshot();
     this.#dropOwnState(owner, snap);
     this.#applySettings(snap.settings, s.startupSettings);
+  }
+
+  // After a backend-wide DEALLOCATE ALL by `owner`, other clients get their statements back.
+  restoreOthersStatements(owner) {
+    owner.session.statements.clear();
+    for (const other of this.owners) {
+      if (other === owner || other.session.statements.size === 0) continue;
+      this.backend.exec(Buffer.concat([...other.session.statements.values(), syncMessage()]));
+    }
   }
 
   #dropOwnState(owner, snap) {

@@ -110,19 +110,26 @@ export function readCString(buf, offset) {
   return [buf.toString('utf8', offset, end), end + 1];
 }
 
+const DEALLOCATE_ALL_TAG = Buffer.from('DEALLOCATE ALL\0');
+
+const isTag = (buf, at, tag) =>
+  at + tag.length <= buf.length && buf.compare(tag, 0, tag.length, at, at + tag.length) === 0;
+
 // Walks backend output and reports the last ReadyForQuery status and the first error.
 export function scanBackendOutput(buf) {
   let offset = 0;
   let status = null;
   let error = null;
+  let deallocatedAll = false;
   while (offset + 5 <= buf.length) {
     const type = buf[offset];
     const length = buf.readInt32BE(offset + 1);
     if (type === 0x5a) status = String.fromCharCode(buf[offset + 5]);
     else if (type === 0x45 && !error) error = parseErrorFields(buf.subarray(offset + 5, offset + 1 + length));
+    else if (type === 0x43 && isTag(buf, offset + 5, DEALLOCATE_ALL_TAG)) deallocatedAll = true;
     offset += 1 + length;
   }
-  return { status, error };
+  return { status, error, deallocatedAll };
 }
 
 export function parseErrorFields(body) {
