@@ -83,3 +83,14 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield connection
     finally:
         connection.close()
+
+
+# Observability schema fixtures, defined in tests/observability_fixtures.py.
+from tests.observability_fixtures import (  # noqa: E402, F401
+    clean_observability,
+    migrated_database_url,
+    obs_async_session,
+    obs_cleanup_conn,
+    obs_engine,
+    obs_session,
+)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from worker.commands import db, demo
+from worker.commands import db, demo, migrate
 from worker.engine import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ Registrar = Callable[["SubParsers"], None]
 COMMANDS: dict[str, Registrar] = {
     "db": db.register,
     "demo": demo.register,
+    "migrate": migrate.register,
 }
 
 log = logging.getLogger("worker")
