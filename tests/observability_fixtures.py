@@ -23,7 +23,6 @@ __all__ = [
 
 # The database is shared by the whole session: migrate once, then empty the observability
 # tables after every test that writes to them. Imported by tests/conftest.py.
-# Connections never prepare statements: see worker.migrate.CONNECT_ARGS.
 
 
 @pytest.fixture(scope="session")

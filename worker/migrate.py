@@ -23,11 +23,9 @@ MIGRATIONS_DIR = ROOT / "migrations"
 # In public, not in the observability schema: downgrading to base drops that schema, and
 # alembic still has to write the (now empty) version table afterwards.
 VERSION_TABLE_SCHEMA = "public"
-# Nothing here repeats a statement often enough to gain from psycopg's automatic server-side
-# prepares. And after a ROLLBACK, DROP or ALTER on a connection holding prepared statements,
-# psycopg sends DEALLOCATE ALL, which the embedded engine (engine/) applies to every client's
-# statements, breaking the other connections. So: never prepare.
-CONNECT_ARGS: dict[str, Any] = {"prepare_threshold": None}
+# Extra psycopg connection arguments for the project's own connections: none are needed, on a
+# server or on the embedded engine (whose prepared statements and DEALLOCATE ALL are per client).
+CONNECT_ARGS: dict[str, Any] = {}
 # Owned by the installer (sql/head.sql), not mapped by a model.
 INSTALLER_TABLES = frozenset({"schema_migrations"})
 

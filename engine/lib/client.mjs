@@ -35,6 +35,33 @@ const STARTUP_ONLY = new Set(['user', 'database', 'replication', 'options']);
 
 let nextClientId = 1;
 
+// The statement in `sql` without leading comments or a trailing semicolon, or null when `sql`
+// holds more than one statement. Quotes are respected; dollar quotes are not expected in COPY.
+export function singleStatement(sql) {
+  let text = sql;
+  for (;;) {
+    const trimmed = text.replace(/^\s+/, '');
+    if (trimmed.startsWith('--')) text = trimmed.replace(/^--[^\n]*(\n|$)/, '');
+    else if (trimmed.startsWith('/*')) {
+      const end = trimmed.indexOf('*/');
+      if (end < 0) return null;
+      text = trimmed.slice(end + 2);
+    } else {
+      text = trimmed;
+      break;
+    }
+  }
+  let quote = null;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (quote) {
+      if (ch === quote) quote = null;
+    } else if (ch === "'" || ch === '"') quote = ch;
+    else if (ch === ';') return /^[\s;]*$/.test(text.slice(i)) ? text.slice(0, i) : null;
+  }
+  return quote ? null : text;
+}
+
 export class Client {
   constructor(socket, engine) {
     this.id = nextClientId++;
@@ -175,7 +202,8 @@ export class Client {
     this.log(`client ${this.id}: connected (${params.application_name || 'no application_name'})`);
   }
 
-  // Prefixes statement and portal names so clients never see each other's.
+  // Prefixes prepared-statement names so clients never see each other's. Portals need no
+  // prefix: they end with their transaction, during which their client holds the backend.
   #rename(name) {
     return name === '' ? '' : `c${this.id}_${name}`;
   }
@@ -197,17 +225,18 @@ export class Client {
       const [statement, rest] = readCString(body, next);
       out = message(
         'B',
-        Buffer.concat([cstring(this.#rename(portal)), cstring(this.#rename(statement)), body.subarray(rest)]),
+        Buffer.concat([cstring(portal), cstring(this.#rename(statement)), body.subarray(rest)]),
       );
     } else if (msg.type === 'D' || msg.type === 'C') {
       const kind = String.fromCharCode(body[0]);
       const [name] = readCString(body, 1);
-      const renamed = this.#rename(name);
-      if (msg.type === 'C' && kind === 'S') this.session.statements.delete(renamed);
-      out = message(msg.type, Buffer.concat([Buffer.from(kind), cstring(renamed)]));
+      if (kind === 'S') {
+        const renamed = this.#rename(name);
+        if (msg.type === 'C') this.session.statements.delete(renamed);
+        out = message(msg.type, Buffer.concat([Buffer.from(kind), cstring(renamed)]));
+      } else out = msg.bytes;
     } else {
-      const [portal, next] = readCString(body, 0);
-      out = message('E', Buffer.concat([cstring(this.#rename(portal)), body.subarray(next)]));
+      out = msg.bytes;
     }
     this.pending.push(out);
   }
@@ -344,9 +373,10 @@ export class Client {
   }
 
   async #startCopy(sql) {
-    const match = COPY_FROM_STDIN.exec(sql);
+    const statement = singleStatement(sql);
+    const match = statement && COPY_FROM_STDIN.exec(statement);
     const target = match && COPY_TARGET.exec(match[1].trim());
-    if (!match || !target || sql.trim().replace(/;\s*$/, '').includes(';')) {
+    if (!target) {
       this.pending.push(simpleQuery(
         "do $bridge$ begin raise exception using errcode = '0A000', message = "
           + "'COPY FROM STDIN must be sent as a single COPY statement on the embedded engine'; end $bridge$",
@@ -367,7 +397,7 @@ export class Client {
       columns = rows ? Number(rows[0][0]) : 0;
     }
     this.copy = {
-      sql: sql.replace(/\bfrom\s+stdin\b/i, "from '/dev/blob'"),
+      sql: statement.replace(/\bfrom\s+stdin\b/i, "from '/dev/blob'"),
       chunks: [],
       size: 0,
     };

@@ -25,6 +25,8 @@ const SNAPSHOT_SQL = `select json_build_object(
   'temp', coalesce((select json_agg(relname::text order by relkind = 'r', relname) from pg_catalog.pg_class
                     where relnamespace = pg_catalog.pg_my_temp_schema()
                       and relkind in ('r', 'p', 'i', 'I', 'S', 'v', 'm', 'f')), '[]'::json),
+  'cursors', coalesce((select json_agg(name::text) from pg_catalog.pg_cursors where is_holdable),
+                      '[]'::json),
   'locks', coalesce((select json_agg(distinct array[classid::bigint, objid::bigint, objsubid::bigint]::text)
                      from pg_catalog.pg_locks where locktype = 'advisory'), '[]'::json)
 )::text`;
@@ -36,6 +38,7 @@ export class SessionState {
     this.sqlPrepared = {};
     this.tempRenames = new Map(); // name while swapped out -> own name
     this.advisoryLocks = new Set(); // "{classid,objid,objsubid}"
+    this.heldCursors = new Set(); // WITH HOLD cursors it declared (they outlive transactions)
     this.statements = new Map(); // protocol-level statement name in the backend -> its Parse
   }
 }
@@ -141,11 +144,18 @@ export class SessionManager {
         s.tempRenames.set(alias, rel);
       }
     }
-    const heldByOthers = new Set();
-    for (const other of this.owners) {
-      if (other !== owner) for (const k of other.session.advisoryLocks) heldByOthers.add(k);
-    }
+    const heldByOthers = this.#ofOthers(owner, 'advisoryLocks');
     s.advisoryLocks = new Set([...snap.locks].filter((k) => !heldByOthers.has(k)));
+    const cursorsOfOthers = this.#ofOthers(owner, 'heldCursors');
+    s.heldCursors = new Set(snap.cursors.filter((c) => !cursorsOfOthers.has(c)));
+  }
+
+  #ofOthers(owner, field) {
+    const found = new Set();
+    for (const other of this.owners) {
+      if (other !== owner) for (const item of other.session[field]) found.add(item);
+    }
+    return found;
   }
 
   #swapIn(owner) {
@@ -220,10 +230,7 @@ export class SessionManager {
     for (const rel of snap.temp) {
       if (!parked.has(rel)) this.backend.tryQuery(`drop table if exists pg_temp.${quoteIdent(rel)} cascade`);
     }
-    const heldByOthers = new Set();
-    for (const other of this.owners) {
-      if (other !== owner) for (const k of other.session.advisoryLocks) heldByOthers.add(k);
-    }
+    const heldByOthers = this.#ofOthers(owner, 'advisoryLocks');
     for (const key of snap.locks) {
       if (heldByOthers.has(key)) continue;
       const [classid, objid, objsubid] = key.replace(/[{}]/g, '').split(',').map(Number);
@@ -238,5 +245,10 @@ export class SessionManager {
       }
     }
     owner.session.advisoryLocks.clear();
+    const cursorsOfOthers = this.#ofOthers(owner, 'heldCursors');
+    for (const name of snap.cursors) {
+      if (!cursorsOfOthers.has(name)) this.backend.tryQuery(`close ${quoteIdent(name)}`);
+    }
+    owner.session.heldCursors.clear();
   }
 }
