@@ -30,6 +30,7 @@ export class Backend {
 
   async open() {
     this.db = await PGlite.create({ dataDir: this.dataDir, extensions: { timescaledb } });
+    this.#installBlobDevice();
     // Without this load, inserts into hypertables fail and reads silently miss compressed chunks.
     await this.query("load 'timescaledb'");
     await this.query('create extension if not exists timescaledb');
@@ -84,12 +85,41 @@ export class Backend {
     }
   }
 
-  async setBlob(bytes) {
-    await this.db._handleBlob({ arrayBuffer: async () => bytes });
+  // PGlite's own /dev/blob device copies COPY data into WASM memory one byte at a time in
+  // JavaScript; this one copies whole blocks. Only the bridge's COPY FROM STDIN reads it.
+  #installBlobDevice() {
+    const { FS } = this.db.mod;
+    this.blob = null;
+    const device = FS.makedev(64, 0);
+    FS.registerDevice(device, {
+      open() {},
+      close() {},
+      read: (stream, heap, offset, length, position) => {
+        if (!this.blob) throw new FS.ErrnoError(5);
+        const n = Math.max(0, Math.min(length, this.blob.length - position));
+        new Uint8Array(heap.buffer, heap.byteOffset + offset, n).set(
+          this.blob.subarray(position, position + n),
+        );
+        return n;
+      },
+      write() {
+        throw new FS.ErrnoError(30);
+      },
+      llseek: (stream, offset, whence) => {
+        const size = this.blob ? this.blob.length : 0;
+        const at = whence === 1 ? stream.position + offset : whence === 2 ? size + offset : offset;
+        if (at < 0) throw new FS.ErrnoError(28);
+        return at;
+      },
+    });
   }
 
-  async clearBlob() {
-    await this.db._cleanupBlob();
+  setBlob(bytes) {
+    this.blob = bytes;
+  }
+
+  clearBlob() {
+    this.blob = null;
   }
 
   async close() {

@@ -223,10 +223,10 @@ export class Client {
     } else if (msg.type === 'B') {
       const [portal, next] = readCString(body, 0);
       const [statement, rest] = readCString(body, next);
-      out = message(
-        'B',
-        Buffer.concat([cstring(portal), cstring(this.#rename(statement)), body.subarray(rest)]),
-      );
+      out =
+        statement === ''
+          ? msg.bytes
+          : message('B', Buffer.concat([cstring(portal), cstring(this.#rename(statement)), body.subarray(rest)]));
     } else if (msg.type === 'D' || msg.type === 'C') {
       const kind = String.fromCharCode(body[0]);
       const [name] = readCString(body, 1);
@@ -416,12 +416,12 @@ export class Client {
     if (msg.type === 'c') {
       const data = Buffer.concat(copy.chunks);
       copy.chunks = [];
-      await this.backend.setBlob(data);
+      this.backend.setBlob(data);
       let out;
       try {
         out = this.backend.exec(simpleQuery(copy.sql));
       } finally {
-        await this.backend.clearBlob();
+        this.backend.clearBlob();
       }
       const { status } = scanBackendOutput(out);
       if (status) this.txStatus = status;
