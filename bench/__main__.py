@@ -3,10 +3,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from bench import engine
+from bench import engine, rollups
 from bench.common import GroupResult, Options, progress, write_results
 
-GROUPS: dict[str, Callable[[Options], GroupResult]] = {"engine": engine.run}
+GROUPS: dict[str, Callable[[Options], GroupResult]] = {
+    "engine": engine.run,
+    "rollups": rollups.run,
+}
 
 
 def positive_int(text: str) -> int:
@@ -41,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one run may wait for the server before it counts as hung "
         "(default: max(30, rows / 2000))",
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="rollups: workload as a fraction of 500k traces and 2M LLM spans (default: 1)",
+    )
     return parser
 
 
@@ -57,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         database_url=args.database_url,
         timeout=timeout if timeout > 0 else None,
     )
+    rollups.configure(scale=args.scale)
     ok = True
     for name in dict.fromkeys(args.groups or GROUPS):
         progress(f"== {name}")

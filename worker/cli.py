@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from worker.commands import db, demo, migrate
+from worker.commands import db, demo, migrate, status
 from worker.engine import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ COMMANDS: dict[str, Registrar] = {
     "db": db.register,
     "demo": demo.register,
     "migrate": migrate.register,
+    "status": status.register,
 }
 
 log = logging.getLogger("worker")

@@ -187,6 +187,7 @@ export class Client {
     for (const [, key, value] of (params.options ?? '').matchAll(/(?:-c\s*|--)([\w.-]+)=((?:\\.|\S)+)/g)) {
       settings[key.replaceAll('-', '_').toLowerCase()] = value.replace(/\\(.)/g, '$1');
     }
+    for (const name of Object.keys(settings)) if (name.includes('.')) this.sessions.customSettings.add(name);
     this.session = new SessionState(settings);
     this.sessions.register(this);
     this.framer.expectStartup = false;
@@ -217,6 +218,7 @@ export class Client {
       const [sql, rest] = readCString(body, next);
       const rejection = this.#rejectSql(sql, true);
       if (rejection) return this.#startSkip(rejection);
+      this.sessions.noteCustomSettings(sql);
       const renamed = this.#rename(name);
       out = message('P', Buffer.concat([cstring(renamed), cstring(this.#rewriteDeallocate(sql)), body.subarray(rest)]));
       if (renamed) this.session.statements.set(renamed, out);
@@ -291,6 +293,7 @@ export class Client {
 
   async #handleQuery(msg) {
     const [sql] = readCString(msg.body, 0);
+    this.sessions.noteCustomSettings(sql);
     const rejection = this.#rejectSql(sql, false);
     if (rejection) {
       return this.#withBackend(() => {

@@ -17,6 +17,10 @@ const SETTING_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
 export const quoteLiteral = (s) => `'${String(s).replaceAll("'", "''")}'`;
 export const quoteIdent = (s) => `"${String(s).replaceAll('"', '""')}"`;
 
+// Custom settings (with a dot, such as myapp.flag) are placeholders that pg_settings does not
+// list, so the bridge remembers every such name it sees and reads those explicitly.
+const CUSTOM_SETTING = /\b(?:set|reset|set_config\s*\(\s*')\s*(?:session\s+|local\s+)?"?([A-Za-z_][\w$]*\.[\w$.]+)/gi;
+
 const SNAPSHOT_SQL = `select json_build_object(
   'settings', coalesce((select json_object_agg(name, setting) from pg_catalog.pg_settings
                         where source = 'session'), '{}'::json),
@@ -53,6 +57,11 @@ export class SessionManager {
     this.queue = [];
     this.owners = new Set();
     this.renameCounter = 0;
+    this.customSettings = new Set();
+  }
+
+  noteCustomSettings(text) {
+    for (const [, name] of text.matchAll(CUSTOM_SETTING)) this.customSettings.add(name.toLowerCase());
   }
 
   captureBaseline() {
@@ -113,6 +122,15 @@ export class SessionManager {
     const [[json]] = this.backend.query(SNAPSHOT_SQL);
     const snap = JSON.parse(json);
     snap.locks = new Set(snap.locks);
+    if (this.customSettings.size) {
+      const names = [...this.customSettings];
+      const values = this.backend.query(
+        `select ${names.map((n) => `pg_catalog.current_setting(${quoteLiteral(n)}, true)`).join(', ')}`,
+      )[0];
+      names.forEach((name, i) => {
+        if (values[i] !== null && values[i] !== '') snap.settings[name] = values[i];
+      });
+    }
     return snap;
   }
 

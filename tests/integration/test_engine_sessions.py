@@ -193,3 +193,21 @@ def test_client_killed_mid_transaction_is_rolled_back(database_url: str, table: 
         child.kill()
     assert count == 0
     assert waited < 10
+
+
+def test_custom_settings_stay_with_their_client(database_url: str) -> None:
+    with connect(database_url, options="-c myapp.from_startup=on") as a:
+        a.execute("set myapp.from_set = 'a'")
+        a.execute("select set_config('myapp.from_function', 'f', false)")
+        with connect(database_url) as b:
+            seen = b.execute(
+                "select current_setting('myapp.from_startup', true),"
+                " current_setting('myapp.from_set', true),"
+                " current_setting('myapp.from_function', true)"
+            ).fetchone()
+            assert all(value in (None, "") for value in seen)
+        mine = a.execute(
+            "select current_setting('myapp.from_startup'), current_setting('myapp.from_set'),"
+            " current_setting('myapp.from_function')"
+        ).fetchone()
+        assert mine == ("on", "a", "f")

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+if TYPE_CHECKING:
+    from worker.commands import SubParsers
+    from worker.health import JobStatus, RollupHealth
+
+log = logging.getLogger("worker.status")
+
+_SKETCHES = {
+    "timescaledb_toolkit": "timescaledb_toolkit (UddSketch)",
+    "observability": "the project's own (timescaledb_toolkit is not installed)",
+}
+
+
+def register(subparsers: SubParsers) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="show the rollups: percentile sketch, freshness and policy jobs",
+        description="Print which percentile sketch the rollups use, each continuous aggregate "
+        "with its newest materialized bucket and lag, and the database's job statistics for "
+        "the refresh, compression and retention policies.",
+    )
+    status.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://... (default: the DATABASE_URL environment variable)",
+    )
+    status.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        log.error("no database: pass --database-url or set DATABASE_URL")
+        return 2
+    from worker.health import rollup_health
+
+    try:
+        # Never prepare: see worker.migrate.CONNECT_ARGS.
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+            health = rollup_health(conn)
+    except psycopg.OperationalError as exc:
+        log.error("cannot reach the database: %s", exc)
+        return 1
+    except psycopg.errors.UndefinedTable as exc:
+        log.error("the observability schema is not installed (python -m worker migrate): %s", exc)
+        return 1
+    print("\n".join(render(health)))
+    return 0
+
+
+def render(health: RollupHealth) -> list[str]:
+    lines = [f"checked at {_time(health.checked_at)}"]
+    if health.sketch is None:
+        lines.append("percentile sketch: not chosen yet (run python -m worker migrate)")
+    else:
+        name = _SKETCHES.get(health.sketch.implementation, health.sketch.implementation)
+        lines.append(f"percentile sketch: {name}, functions in {health.sketch.function_schema}")
+    lines.append("")
+    lines.append("rollups")
+    lines += _table(
+        ["rollup", "bucket", "real-time", "newest bucket", "lag"],
+        [
+            [
+                r.name,
+                r.bucket_width,
+                "yes" if r.real_time else "no",
+                _time(r.newest_bucket),
+                _duration(r.lag) if r.lag is not None else "not materialized",
+            ]
+            for r in health.rollups
+        ],
+    )
+    lines.append("")
+    lines.append("jobs")
+    lines += _table(
+        [
+            "id",
+            "kind",
+            "target",
+            "settings",
+            "every",
+            "last run",
+            "status",
+            "next start",
+            "runs",
+            "failed",
+        ],
+        [
+            [
+                str(j.job_id),
+                j.kind,
+                j.target,
+                _settings(j),
+                _duration(j.schedule_interval),
+                _time(j.last_run_started_at),
+                j.last_run_status or "never ran",
+                _time(j.next_start) if j.scheduled else "paused",
+                str(j.total_runs),
+                str(j.total_failures),
+            ]
+            for j in health.jobs
+        ],
+    )
+    errors = [j for j in health.jobs if j.last_error and j.last_run_status == "Failed"]
+    for job in errors:
+        lines.append(f"job {job.job_id} last failed with: {job.last_error}")
+    return lines
+
+
+def _settings(job: JobStatus) -> str:
+    config: dict[str, Any] = job.config
+    if job.kind == "refresh":
+        start, end = config.get("start_offset"), config.get("end_offset")
+        return f"window {start} .. {end} ago"
+    if job.kind == "compression":
+        return f"after {config.get('compress_after')}"
+    if job.kind == "retention":
+        return f"drop after {config.get('drop_after')}"
+    return ""
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S%z") if value is not None else "-"
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if hours:
+        parts.append(f"{hours}h")
+    if minutes:
+        parts.append(f"{minutes}m")
+    if seconds and not days:
+        parts.append(f"{seconds}s")
+    return sign + (" ".join(parts) or "0s")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
+    return [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [list(header), *rows]
+    ]
