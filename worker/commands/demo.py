@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from worker.engine import EmbeddedEngine
+from worker.health import rollup_health
+from worker.migrate import migrate
 
 if TYPE_CHECKING:
     from worker.commands import SubParsers
@@ -15,20 +17,21 @@ DEMO_DATA_DIR = Path(".demo") / "engine-data"
 
 
 def register(subparsers: SubParsers) -> None:
-    demo = subparsers.add_parser("demo", help="start the engine and show what it runs")
+    demo = subparsers.add_parser(
+        "demo",
+        help="start the embedded engine, install the schema and show the rollups' status",
+    )
     demo.add_argument("--data-dir", type=Path, default=DEMO_DATA_DIR)
     demo.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from worker.commands.status import render
+
     with EmbeddedEngine(data_dir=args.data_dir) as engine:
-        print(f"DATABASE_URL={engine.url}", flush=True)
+        print(f"embedded engine: {engine.url} (data in {args.data_dir})", flush=True)
+        for report in migrate(engine.url):
+            print("\n".join(report.lines()), flush=True)
         with psycopg.connect(engine.url, autocommit=True) as conn:
-            row = conn.execute(
-                "select extversion from pg_extension where extname = 'timescaledb'"
-            ).fetchone()
-    if row is None:
-        print("timescaledb: extension not installed in this database")
-    else:
-        print(f"timescaledb: {row[0]}")
+            print("\n".join(render(rollup_health(conn))))
     return 0

@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from worker.health import rollup_health
 
     try:
-        # Never prepare: see worker.migrate.CONNECT_ARGS.
-        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        with psycopg.connect(url, autocommit=True) as conn:
             health = rollup_health(conn)
     except psycopg.OperationalError as exc:
         log.error("cannot reach the database: %s", exc)
