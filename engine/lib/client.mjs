@@ -2,6 +2,7 @@ import { randomInt } from 'node:crypto';
 
 import { BackendFault } from './backend.mjs';
 import { SessionState, quoteIdent, quoteLiteral } from './sessions.mjs';
+import { blankLiterals, singleStatement } from './sql.mjs';
 import {
   CANCEL_REQUEST,
   GSSENC_REQUEST,
@@ -26,7 +27,8 @@ import {
 
 const COPY_FROM_STDIN = /^\s*copy\s+([\s\S]*?)\s+from\s+stdin\b([\s\S]*?);?\s*$/i;
 const COPY_TARGET = /^((?:"(?:[^"]|"")+"|[\w$]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[\w$]+))?)\s*(?:\(([\s\S]*)\))?$/;
-const MENTIONS_STDIN_COPY = /\bcopy\b[\s\S]*\bfrom\s+stdin\b/i;
+const STDIN_COPY = /\bcopy\b[\s\S]*\bfrom\s+stdin\b/i;
+const mentionsStdinCopy = (sql) => STDIN_COPY.test(blankLiterals(sql));
 const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
 const RESET_ALL = /^\s*reset\s+all\s*;?\s*$/i;
 const DEALLOCATE = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[\w$]+)\s*;?\s*$/i;
@@ -35,32 +37,9 @@ const STARTUP_ONLY = new Set(['user', 'database', 'replication', 'options']);
 
 let nextClientId = 1;
 
-// The statement in `sql` without leading comments or a trailing semicolon, or null when `sql`
-// holds more than one statement. Quotes are respected; dollar quotes are not expected in COPY.
-export function singleStatement(sql) {
-  let text = sql;
-  for (;;) {
-    const trimmed = text.replace(/^\s+/, '');
-    if (trimmed.startsWith('--')) text = trimmed.replace(/^--[^\n]*(\n|$)/, '');
-    else if (trimmed.startsWith('/*')) {
-      const end = trimmed.indexOf('*/');
-      if (end < 0) return null;
-      text = trimmed.slice(end + 2);
-    } else {
-      text = trimmed;
-      break;
-    }
-  }
-  let quote = null;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i];
-    if (quote) {
-      if (ch === quote) quote = null;
-    } else if (ch === "'" || ch === '"') quote = ch;
-    else if (ch === ';') return /^[\s;]*$/.test(text.slice(i)) ? text.slice(0, i) : null;
-  }
-  return quote ? null : text;
-}
+const raiseSql = ({ code, text, hint }) =>
+  `do $bridge$ begin raise exception using errcode = ${quoteLiteral(code)}, message = ${quoteLiteral(text)}` +
+  `${hint ? `, hint = ${quoteLiteral(hint)}` : ''}; end $bridge$`;
 
 export class Client {
   constructor(socket, engine) {
@@ -92,7 +71,7 @@ export class Client {
     this.#clearIdleTimer();
     this.framer.push(chunk);
     try {
-      for (let msg = this.framer.next(); msg; msg = this.framer.next()) this.inbox.push(msg);
+      this.#frame();
     } catch (err) {
       this.#fatal('08P01', `invalid frontend message: ${err.message}`);
       return;
@@ -100,11 +79,23 @@ export class Client {
     this.#pump();
   }
 
+  // Startup-phase messages have no type byte: framing stops after one until it is handled.
+  #frame() {
+    for (let msg = this.framer.next(); msg; msg = this.framer.next()) {
+      this.inbox.push(msg);
+      if (msg.type === null) return;
+    }
+  }
+
   async #pump() {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      while (this.inbox.length && !this.closed) await this.#handle(this.inbox.shift());
+      while (this.inbox.length && !this.closed) {
+        const msg = this.inbox.shift();
+        await this.#handle(msg);
+        if (msg.type === null) this.#frame();
+      }
     } catch (err) {
       if (err instanceof BackendFault) this.engine.fault(err);
       else if (err instanceof ProtocolError) this.#fatal('08P01', err.message);
@@ -136,7 +127,7 @@ export class Client {
         this.pending.push(msg.bytes);
         return this.#dispatch();
       case 'S':
-        if (this.skipTillSync) return this.#endSkip();
+        if (this.skipTillSync) return this.#endSkip(msg);
         this.pending.push(msg.bytes);
         return this.#dispatch();
       case 'Q':
@@ -165,7 +156,7 @@ export class Client {
     if (code === CANCEL_REQUEST) {
       // A running statement cannot be interrupted inside WASM; the request is dropped.
       this.socket.end();
-      this.closed = true;
+      this.#onClose();
       return;
     }
     if (code !== PROTOCOL_3) {
@@ -254,7 +245,7 @@ export class Client {
         hint: 'Send the statement without parameters and without preparing it.',
       };
     }
-    if (extended && MENTIONS_STDIN_COPY.test(sql)) {
+    if (extended && mentionsStdinCopy(sql)) {
       return {
         code: '0A000',
         text: 'COPY FROM STDIN is supported only through the simple query protocol on the embedded engine',
@@ -264,25 +255,28 @@ export class Client {
     return null;
   }
 
-  // An error found by the bridge inside an extended-protocol batch: report it, then discard
-  // messages until Sync, as the server would.
+  // A statement the bridge refuses inside an extended-protocol exchange: the backend raises the
+  // error itself in its place, after whatever came before it, and skips on to the Sync as
+  // PostgreSQL does, so that the order of replies and the transaction's fate are the server's.
   #startSkip(rejection) {
-    this.pending = [];
-    this.openExchange = false;
-    this.socket.write(errorResponse(rejection));
+    this.pending.push(...this.#failingExchange(rejection));
     this.skipTillSync = true;
   }
 
-  async #endSkip() {
+  // Parse, Bind and Execute of an unnamed statement that raises `rejection`.
+  #failingExchange(rejection) {
+    const raise = raiseSql(typeof rejection === 'string' ? { code: '08006', text: rejection } : rejection);
+    return [
+      message('P', Buffer.concat([cstring(''), cstring(raise), Buffer.from([0, 0])])),
+      message('B', Buffer.concat([cstring(''), cstring(''), Buffer.alloc(6)])),
+      message('E', Buffer.concat([cstring(''), Buffer.alloc(4)])),
+    ];
+  }
+
+  #endSkip(msg) {
     this.skipTillSync = false;
-    await this.#withBackend(() => {
-      if (this.txStatus !== 'I') this.#failTransaction();
-      // Ends any part of the exchange that reached the backend before the rejected message.
-      const { status } = scanBackendOutput(this.backend.exec(syncMessage()));
-      if (status) this.txStatus = status;
-      this.openExchange = false;
-      this.socket.write(readyForQuery(this.txStatus));
-    });
+    this.pending.push(msg.bytes);
+    return this.#dispatch();
   }
 
   // Puts the backend's open transaction into the failed state, as a server error would.
@@ -296,13 +290,10 @@ export class Client {
     this.sessions.noteCustomSettings(sql);
     const rejection = this.#rejectSql(sql, false);
     if (rejection) {
-      return this.#withBackend(() => {
-        this.socket.write(errorResponse(rejection));
-        if (this.txStatus !== 'I') this.#failTransaction();
-        this.socket.write(readyForQuery(this.txStatus));
-      });
+      this.pending.push(simpleQuery(raiseSql(rejection)));
+      return this.#dispatch();
     }
-    if (MENTIONS_STDIN_COPY.test(sql)) return this.#startCopy(sql);
+    if (mentionsStdinCopy(sql)) return this.#startCopy(sql);
     if (this.txStatus === 'I' && DISCARD_ALL.test(sql)) {
       return this.#withBackend(() => {
         this.sessions.discard(this);
@@ -339,18 +330,29 @@ export class Client {
 
   async #deallocateAll() {
     await this.#withBackend(() => {
-      for (const name of this.session.statements.keys()) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
+      // Only statements that exist, so that no failing DEALLOCATE aborts an open transaction.
+      // Other clients' SQL-level statements are parked while this one runs.
+      const names = [...this.session.statements.keys()].map(quoteLiteral).join(', ');
+      const own = this.backend.query(
+        'select name from pg_catalog.pg_prepared_statements' +
+          ` where from_sql${names ? ` or name in (${names})` : ''}`,
+      );
+      for (const [name] of own) this.backend.query(`deallocate ${quoteIdent(name)}`);
       this.session.statements.clear();
-      // Other clients' SQL-level statements are parked while this one runs: these are its own.
-      const own = this.backend.tryQuery('select name from pg_catalog.pg_prepared_statements where from_sql') ?? [];
-      for (const [name] of own) this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
       this.socket.write(Buffer.concat([commandComplete('DEALLOCATE ALL'), readyForQuery(this.txStatus)]));
     });
   }
 
+  // Waits until this client holds the backend with its session loaded. A grant can be undone
+  // before this continuation runs (another path of the same client released it), so re-check.
+  async #hold() {
+    while (this.sessions.holder !== this) await this.sessions.acquire(this);
+  }
+
   // Runs fn while holding the backend, releasing it afterwards unless a transaction is open.
   async #withBackend(fn) {
-    await this.sessions.acquire(this);
+    await this.#hold();
+    if (this.closed) return undefined;
     try {
       return fn();
     } finally {
@@ -361,7 +363,7 @@ export class Client {
   async #dispatch() {
     const batch = Buffer.concat(this.pending);
     this.pending = [];
-    await this.sessions.acquire(this);
+    await this.#hold();
     if (this.closed) return;
     const out = this.backend.exec(batch);
     const { status, deallocatedAll } = scanBackendOutput(out);
@@ -369,7 +371,7 @@ export class Client {
       this.txStatus = status;
       this.openExchange = false;
     }
-    if (deallocatedAll) this.sessions.restoreOthersStatements(this);
+    if (deallocatedAll) this.sessions.restoreOthersStatements(this, this.txStatus === 'T');
     this.socket.write(out);
     // A batch ending in Flush keeps the backend: the extended-protocol exchange is unfinished.
     if (this.txStatus === 'I' && !this.openExchange) this.sessions.release(this);
@@ -388,7 +390,8 @@ export class Client {
     }
     const options = match[2];
     const binary = /\bbinary\b/i.test(options);
-    await this.sessions.acquire(this);
+    await this.#hold();
+    if (this.closed) return;
     let columns = 0;
     if (target[2] !== undefined) columns = target[2].split(',').length;
     else {
@@ -478,9 +481,10 @@ export class Client {
     this.engine.clients.delete(this);
     if (!this.session) return;
     try {
-      await this.sessions.acquire(this);
-      // Close any unfinished extended exchange, then roll back what is open.
-      this.backend.exec(syncMessage());
+      await this.#hold();
+      // An unfinished extended exchange must not commit at the closing Sync: fail it first.
+      const fail = this.openExchange ? this.#failingExchange('client disconnected') : [];
+      this.backend.exec(Buffer.concat([...fail, syncMessage()]));
       if (this.txStatus !== 'I' || this.copy) this.backend.tryQuery('rollback');
       this.sessions.cleanup(this);
     } catch (err) {

@@ -1,4 +1,5 @@
-import { syncMessage } from './wire.mjs';
+import { singleStatement } from './sql.mjs';
+import { scanBackendOutput, syncMessage } from './wire.mjs';
 
 // One backend serves many clients. A client holds the backend from its first message until it
 // is idle outside a transaction; others queue. When the holder changes, the outgoing client's
@@ -12,6 +13,9 @@ const UNSWAPPABLE_SETTINGS = new Set([
   'transaction_read_only',
   'transaction_deferrable',
 ]);
+const DROP_BY_KIND = {
+  r: 'table', p: 'table', f: 'foreign table', v: 'view', m: 'materialized view', S: 'sequence',
+};
 const SETTING_NAME = /^[A-Za-z_][A-Za-z0-9_.]*$/;
 
 export const quoteLiteral = (s) => `'${String(s).replaceAll("'", "''")}'`;
@@ -26,9 +30,11 @@ const SNAPSHOT_SQL = `select json_build_object(
                         where source = 'session'), '{}'::json),
   'prepared', coalesce((select json_object_agg(name, statement) from pg_catalog.pg_prepared_statements
                         where from_sql), '{}'::json),
-  'temp', coalesce((select json_agg(relname::text order by relkind = 'r', relname) from pg_catalog.pg_class
+  'temp', coalesce((select json_agg(json_build_array(relname::text, relkind::text)
+                                     order by relkind <> 'r', relname) from pg_catalog.pg_class
                     where relnamespace = pg_catalog.pg_my_temp_schema()
                       and relkind in ('r', 'p', 'i', 'I', 'S', 'v', 'm', 'f')), '[]'::json),
+  'role', pg_catalog.current_setting('role'),
   'cursors', coalesce((select json_agg(name::text) from pg_catalog.pg_cursors where is_holdable),
                       '[]'::json),
   'locks', coalesce((select json_agg(distinct array[classid::bigint, objid::bigint, objsubid::bigint]::text)
@@ -122,6 +128,10 @@ export class SessionManager {
     const [[json]] = this.backend.query(SNAPSHOT_SQL);
     const snap = JSON.parse(json);
     snap.locks = new Set(snap.locks);
+    snap.kinds = new Map(snap.temp);
+    snap.temp = snap.temp.map(([name]) => name);
+    // role is hidden from pg_settings; 'none' is its default.
+    if (snap.role !== 'none') snap.settings.role = snap.role;
     if (this.customSettings.size) {
       const names = [...this.customSettings];
       const values = this.backend.query(
@@ -149,8 +159,13 @@ export class SessionManager {
     s.settings = Object.fromEntries(
       Object.entries(snap.settings).filter(([name]) => !UNSWAPPABLE_SETTINGS.has(name)),
     );
-    s.sqlPrepared = snap.prepared;
-    for (const name of Object.keys(snap.prepared)) {
+    // pg_prepared_statements holds the whole query string that contained the PREPARE. Only a
+    // string that is the PREPARE alone can be replayed; others stay in place (and visible).
+    s.sqlPrepared = {};
+    for (const [name, text] of Object.entries(snap.prepared)) {
+      const statement = singleStatement(text);
+      if (!statement || !/^prepare\b/i.test(statement)) continue;
+      s.sqlPrepared[name] = statement;
       this.backend.tryQuery(`deallocate ${quoteIdent(name)}`);
     }
     const parked = new Set();
@@ -186,19 +201,25 @@ export class SessionManager {
     s.sqlPrepared = {};
   }
 
-  // Brings the backend from the settings in `live` to exactly `wanted`.
+  // Brings the backend from the settings in `live` to exactly `wanted`. Resets go first and a
+  // role is set last, so that every other setting is applied with the session user's rights.
   #applySettings(live, wanted) {
-    const steps = [];
-    for (const [name, value] of Object.entries(wanted)) {
-      if (UNSWAPPABLE_SETTINGS.has(name) || !SETTING_NAME.test(name) || live[name] === value) continue;
-      steps.push(`perform pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false);`);
-    }
+    const resets = [];
+    const sets = [];
+    const usable = (name) => !UNSWAPPABLE_SETTINGS.has(name) && SETTING_NAME.test(name);
     for (const name of Object.keys(live)) {
-      if (name in wanted || UNSWAPPABLE_SETTINGS.has(name) || !SETTING_NAME.test(name)) continue;
-      steps.push(`execute 'reset ${name}';`);
+      if (!(name in wanted) && usable(name)) resets.push(`execute 'reset ${name}';`);
     }
+    for (const [name, value] of Object.entries(wanted)) {
+      if (usable(name) && (live[name] !== value || name === 'role')) {
+        sets.push(`perform pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false);`);
+      }
+    }
+    resets.sort((a, b) => (b.includes("'reset role'") ? 1 : 0) - (a.includes("'reset role'") ? 1 : 0));
+    sets.sort((a, b) => (a.includes("'role'") ? 1 : 0) - (b.includes("'role'") ? 1 : 0));
+    const steps = [...resets, ...sets];
     if (steps.length === 0) return;
-    const body = steps.map((s) => `begin ${s} exception when others then null; end;`).join('\n');
+    const body = steps.map((step) => `begin ${step} exception when others then null; end;`).join('\n');
     this.backend.tryQuery(`do $bridge$ begin\n${body}\nend $bridge$`);
   }
 
@@ -231,11 +252,18 @@ export class SessionManager {
   }
 
   // After a backend-wide DEALLOCATE ALL by `owner`, other clients get their statements back.
-  restoreOthersStatements(owner) {
+  restoreOthersStatements(owner, inTransaction) {
     owner.session.statements.clear();
     for (const other of this.owners) {
-      if (other === owner || other.session.statements.size === 0) continue;
-      this.backend.exec(Buffer.concat([...other.session.statements.values(), syncMessage()]));
+      if (other === owner) continue;
+      for (const [name, parse] of other.session.statements) {
+        if (inTransaction) this.backend.query('savepoint _bridge_restore');
+        const { error } = scanBackendOutput(this.backend.exec(Buffer.concat([parse, syncMessage()])));
+        if (inTransaction) {
+          this.backend.query(error ? 'rollback to savepoint _bridge_restore' : 'release savepoint _bridge_restore');
+        }
+        if (error) other.session.statements.delete(name);
+      }
     }
   }
 
@@ -246,7 +274,10 @@ export class SessionManager {
       if (other !== owner) for (const n of other.session.tempRenames.keys()) parked.add(n);
     }
     for (const rel of snap.temp) {
-      if (!parked.has(rel)) this.backend.tryQuery(`drop table if exists pg_temp.${quoteIdent(rel)} cascade`);
+      const kind = DROP_BY_KIND[snap.kinds.get(rel)];
+      if (!parked.has(rel) && kind) {
+        this.backend.tryQuery(`drop ${kind} if exists pg_temp.${quoteIdent(rel)} cascade`);
+      }
     }
     const heldByOthers = this.#ofOthers(owner, 'advisoryLocks');
     for (const key of snap.locks) {

@@ -211,3 +211,39 @@ def test_custom_settings_stay_with_their_client(database_url: str) -> None:
             " current_setting('myapp.from_function')"
         ).fetchone()
         assert mine == ("on", "a", "f")
+
+
+def test_set_role_stays_with_its_client(database_url: str) -> None:
+    role = f"probe_{uuid.uuid4().hex[:8]}"
+    with connect(database_url) as admin:
+        admin.execute(f"create role {role}")
+        session_user = admin.execute("select current_user").fetchone()[0]
+        try:
+            with connect(database_url) as a, connect(database_url) as b:
+                a.execute(f"set role {role}")
+                assert b.execute("select current_user").fetchone()[0] == session_user
+                assert a.execute("select current_user").fetchone()[0] == role
+            with connect(database_url) as c:
+                assert c.execute("select current_user").fetchone()[0] == session_user
+        finally:
+            admin.execute(f"drop role {role}")
+
+
+def test_prepare_in_a_multi_statement_query_runs_once(database_url: str, table: str) -> None:
+    with connect(database_url) as a, connect(database_url) as b:
+        a.execute(f"prepare once_only as select 1; insert into {table} values (1, 'a')")
+        for _ in range(3):
+            b.execute("select 1")
+            a.execute("select 1")
+        assert a.execute("execute once_only").fetchone() == (1,)
+        assert a.execute(f"select count(*) from {table}").fetchone()[0] == 1
+
+
+def test_temp_views_and_sequences_go_with_their_client(database_url: str) -> None:
+    with connect(database_url) as a:
+        a.execute("create temp view scratch_view as select 1 as one")
+        a.execute("create temp sequence scratch_seq")
+    with connect(database_url) as b:
+        b.execute("create temp view scratch_view as select 2 as two")
+        b.execute("create temp sequence scratch_seq")
+        assert b.execute("select two from scratch_view").fetchone() == (2,)
