@@ -29,3 +29,12 @@ def test_serve_without_engine_deps_fails_cleanly(
     before = signal.getsignal(signal.SIGTERM)
     assert main(["db", "serve"]) == 1
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("command", ["migrate", "status"])
+def test_database_commands_need_a_database(
+    command: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main([command]) == 2
+    assert "no database: pass --database-url or set DATABASE_URL" in caplog.text

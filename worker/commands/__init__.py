@@ -1,7 +1,25 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://... (default: the DATABASE_URL environment variable)",
+    )
+
+
+def database_url(args: argparse.Namespace, log: logging.Logger) -> str | None:
+    """The --database-url argument, else DATABASE_URL; logs the error when there is neither."""
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        log.error("no database: pass --database-url or set DATABASE_URL")
+    return url

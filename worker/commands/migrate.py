@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import TYPE_CHECKING
 
 import psycopg
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
+from worker.commands import add_database_url, database_url
 from worker.schema import InstallError
 from worker.sqlfiles import SqlLayoutError
 
@@ -26,19 +26,14 @@ def register(subparsers: SubParsers) -> None:
         "sql/incremental files once each, sql/idempotent files every time. Prints what it "
         "applied.",
     )
-    migrate.add_argument(
-        "--database-url",
-        default=None,
-        help="postgresql://... (default: the DATABASE_URL environment variable)",
-    )
+    add_database_url(migrate)
     migrate.add_argument("--revision", default="head", help="alembic target (default: head)")
     migrate.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    url = args.database_url or os.environ.get("DATABASE_URL")
+    url = database_url(args, log)
     if not url:
-        log.error("no database: pass --database-url or set DATABASE_URL")
         return 2
     if not getattr(args, "verbose", False):
         # The summary below says what was applied; alembic's and the installer's own INFO

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+from worker.commands import add_database_url, database_url
 
 if TYPE_CHECKING:
     from worker.commands import SubParsers
@@ -29,18 +30,13 @@ def register(subparsers: SubParsers) -> None:
         "with its newest materialized bucket and lag, and the database's job statistics for "
         "the refresh, compression and retention policies.",
     )
-    status.add_argument(
-        "--database-url",
-        default=None,
-        help="postgresql://... (default: the DATABASE_URL environment variable)",
-    )
+    add_database_url(status)
     status.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    url = args.database_url or os.environ.get("DATABASE_URL")
+    url = database_url(args, log)
     if not url:
-        log.error("no database: pass --database-url or set DATABASE_URL")
         return 2
     from worker.health import rollup_health
 
