@@ -85,7 +85,9 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         connection.close()
 
 
-# Observability schema fixtures, defined in tests/observability_fixtures.py.
+# Observability schema fixtures, defined in tests/observability_fixtures.py and
+# tests/aggregation_support.py.
+from tests.aggregation_support import agg_conn  # noqa: E402, F401
 from tests.observability_fixtures import (  # noqa: E402, F401
     clean_observability,
     migrated_database_url,

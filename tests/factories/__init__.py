@@ -17,12 +17,14 @@ from tests.factories.observability_factory import (
     generate_span_id,
     generate_trace_id,
 )
+from tests.factories.worker_state_factory import create_aggregation_run, create_worker_lease
 
 # Exported under this name too, as other factory modules may define chat messages of their own.
 create_obs_chat_message = create_chat_message
 
 __all__ = [
     "bucket_start",
+    "create_aggregation_run",
     "create_chat_message",
     "create_completed_trace",
     "create_document_event",
@@ -36,6 +38,7 @@ __all__ = [
     "create_span",
     "create_trace",
     "create_traces_for_aggregation",
+    "create_worker_lease",
     "generate_span_id",
     "generate_trace_id",
 ]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,17 +13,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tests.factories import (
+    create_aggregation_run,
     create_chat_message,
     create_completed_trace,
     create_document_event,
     create_llm_span,
     create_metrics_aggregate,
     create_provider_sync_status,
+    create_worker_lease,
     generate_span_id,
 )
 from tests.observability_helpers import insert
 from tests.sql_catalog import declared_names
 from worker.models import (
+    AggregationRun,
     Base,
     ChatMessage,
     DocumentEvent,
@@ -31,6 +34,7 @@ from worker.models import (
     ProviderSyncStatus,
     Span,
     Trace,
+    WorkerLease,
 )
 
 CHECK_VIOLATION = "23514"
@@ -152,6 +156,26 @@ CASES = [
         provider,
         {"consecutive_failures": -1},
     ),
+    Case("aggregation_runs_kind_valid", AggregationRun, create_aggregation_run, {"kind": "x"}),
+    Case(
+        "aggregation_runs_granularity_valid",
+        AggregationRun,
+        create_aggregation_run,
+        {"granularity": "month"},
+    ),
+    Case("aggregation_runs_status_valid", AggregationRun, create_aggregation_run, {"status": "ok"}),
+    Case(
+        "aggregation_runs_finished_when_not_running",
+        AggregationRun,
+        create_aggregation_run,
+        {"status": "running"},
+    ),
+    Case(
+        "worker_leases_expires_after_acquired",
+        WorkerLease,
+        create_worker_lease,
+        {"expires_at": datetime(2020, 1, 1, tzinfo=UTC)},
+    ),
 ]
 
 
@@ -164,6 +188,18 @@ def _aligned_case_row() -> dict[str, Any]:
 def _updated_before_created(factory: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     row = factory()
     row["updated_at"] = row["created_at"] - timedelta(seconds=1)
+    return row
+
+
+def _range_not_ordered() -> dict[str, Any]:
+    row = create_aggregation_run()
+    row["range_end"] = row["done_until"] = row["range_start"]
+    return row
+
+
+def _done_after_end() -> dict[str, Any]:
+    row = create_aggregation_run()
+    row["done_until"] = row["range_end"] + timedelta(hours=1)
     return row
 
 
@@ -183,6 +219,16 @@ DERIVED_CASES: list[tuple[str, type[Base], Callable[[], dict[str, Any]]]] = [
         "metrics_aggregates_updated_at_not_before_created_at",
         M,
         lambda: _updated_before_created(create_metrics_aggregate),
+    ),
+    (
+        "aggregation_runs_range_ordered",
+        AggregationRun,
+        lambda: _range_not_ordered(),
+    ),
+    (
+        "aggregation_runs_done_until_within_range",
+        AggregationRun,
+        lambda: _done_after_end(),
     ),
     (
         "provider_sync_status_updated_at_not_before_created_at",

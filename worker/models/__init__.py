@@ -15,6 +15,7 @@ from worker.models.observability import (
     Span,
     Trace,
 )
+from worker.models.worker_state import RUN_KINDS, RUN_STATUSES, AggregationRun, WorkerLease
 
 OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     Trace,
@@ -23,6 +24,8 @@ OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     DocumentEvent,
     MetricsAggregate,
     ProviderSyncStatus,
+    AggregationRun,
+    WorkerLease,
 )
 
 __all__ = [
@@ -30,10 +33,13 @@ __all__ = [
     "GRANULARITIES",
     "MESSAGE_ROLES",
     "OBSERVABILITY_MODELS",
+    "RUN_KINDS",
+    "RUN_STATUSES",
     "SCHEMA",
     "SPAN_TYPES",
     "SYNC_STATUSES",
     "TRACE_STATUSES",
+    "AggregationRun",
     "Base",
     "ChatMessage",
     "DocumentEvent",
@@ -41,4 +47,5 @@ __all__ = [
     "ProviderSyncStatus",
     "Span",
     "Trace",
+    "WorkerLease",
 ]

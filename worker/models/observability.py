@@ -26,7 +26,15 @@ TRACE_STATUSES = ("running", "ok", "error")
 SPAN_TYPES = ("llm", "embedding", "retrieval", "rerank", "tool", "agent", "chain", "other")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 GRANULARITIES = ("hour", "day", "week")
-DIMENSION_TYPES = ("overall", "operation_type", "model", "kb", "user", "provider")
+DIMENSION_TYPES = (
+    "overall",
+    "operation_type",
+    "model",
+    "kb",
+    "user",
+    "provider",
+    "event_type",
+)
 SYNC_STATUSES = ("pending", "syncing", "synced", "failed", "disabled")
 
 

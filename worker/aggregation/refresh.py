@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from worker.aggregation.windows import Window
+
+SOURCES = ("traces", "llm_spans", "document_events")
+LEVELS = ("hourly", "daily", "weekly")
+_LEVEL_OF = {"hour": 1, "day": 2, "week": 3}
+
+
+class ConcurrentRefresh(RuntimeError):
+    """Another session is refreshing the same rollup (SQLSTATE 55P03): try again later."""
+
+
+def rollups_for(granularity: str) -> list[str]:
+    """The continuous aggregates to refresh, lowest level first: day rolls up hourly rows and
+    week rolls up daily rows, so a level is only as fresh as the ones below it."""
+    levels = LEVELS[: _LEVEL_OF[granularity]]
+    return [f"observability.{source}_{level}" for level in levels for source in SOURCES]
+
+
+def refresh_rollups(conn: psycopg.Connection[Any], window: Window, *, force: bool = False) -> None:
+    """CALL refresh_continuous_aggregate over the window for every level up to its granularity.
+
+    conn must be in autocommit mode: the procedure refuses to run inside a transaction block.
+    """
+    if not conn.autocommit:
+        raise ValueError("refresh_continuous_aggregate needs an autocommit connection")
+    for rollup in rollups_for(window.granularity):
+        statement = sql.SQL("call public.refresh_continuous_aggregate({}, {}, {}{})").format(
+            sql.Literal(rollup),
+            sql.Literal(window.start),
+            sql.Literal(window.end),
+            sql.SQL(", force => true") if force else sql.SQL(""),
+        )
+        try:
+            conn.execute(statement)
+        except psycopg.errors.LockNotAvailable as exc:
+            message = f"{rollup} is being refreshed by another session: {exc}"
+            raise ConcurrentRefresh(message) from exc

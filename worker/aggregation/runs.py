@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from worker.aggregation.sync import SyncCounts
+from worker.aggregation.windows import Window
+
+_START = """
+insert into observability.aggregation_runs (kind, granularity, range_start, range_end, done_until)
+values (%s, %s, %s, %s, %s)
+returning id
+"""
+_PROGRESS = """
+update observability.aggregation_runs
+set done_until = %(done_until)s, buckets = %(buckets)s, metrics_created = %(created)s,
+  metrics_updated = %(updated)s, metrics_deleted = %(deleted)s
+where id = %(id)s
+"""
+_FINISH = """
+update observability.aggregation_runs
+set status = %(status)s, error = %(error)s, finished_at = pg_catalog.now()
+where id = %(id)s
+"""
+# A backfill left unfinished (killed, interrupted, failed) over the same granularity and range.
+_UNFINISHED = """
+select id, done_until from observability.aggregation_runs
+where kind = 'backfill' and granularity = %s and range_start = %s and range_end = %s
+  and status <> 'succeeded'
+order by started_at desc
+limit 1
+"""
+# Runs still marked running whose worker died: nobody holds the granularity's lease any more.
+_ABANDONED = """
+update observability.aggregation_runs as r
+set status = 'interrupted', error = 'the worker stopped without finishing the run',
+  finished_at = pg_catalog.now()
+where r.status = 'running' and r.granularity = %s
+"""
+_LAST_SUCCESS = """
+select granularity, max(finished_at)
+from observability.aggregation_runs
+where status = 'succeeded'
+group by granularity
+"""
+
+
+@dataclass
+class RunRecord:
+    id: int
+    buckets: int = 0
+
+
+def start_run(
+    conn: psycopg.Connection[Any], kind: str, window: Window, done_until: datetime | None = None
+) -> RunRecord:
+    row = conn.execute(
+        _START,
+        [kind, window.granularity, window.start, window.end, done_until or window.start],
+    ).fetchone()
+    assert row is not None
+    return RunRecord(id=int(row[0]))
+
+
+def record_progress(
+    conn: psycopg.Connection[Any], run: RunRecord, done_until: datetime, counts: SyncCounts
+) -> None:
+    conn.execute(
+        _PROGRESS,
+        {
+            "id": run.id,
+            "done_until": done_until,
+            "buckets": run.buckets,
+            "created": counts.created,
+            "updated": counts.updated,
+            "deleted": counts.deleted,
+        },
+    )
+
+
+def finish_run(
+    conn: psycopg.Connection[Any], run: RunRecord, status: str, error: str | None = None
+) -> None:
+    conn.execute(_FINISH, {"id": run.id, "status": status, "error": error})
+
+
+def mark_abandoned(conn: psycopg.Connection[Any], granularity: str) -> None:
+    """Close runs left 'running' by a dead worker. Call only while holding the lease."""
+    conn.execute(_ABANDONED, [granularity])
+
+
+def unfinished_backfill(conn: psycopg.Connection[Any], window: Window) -> datetime | None:
+    row = conn.execute(_UNFINISHED, [window.granularity, window.start, window.end]).fetchone()
+    return row[1] if row else None
+
+
+def last_successes(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
+    return {granularity: at for granularity, at in conn.execute(_LAST_SUCCESS).fetchall()}

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from worker import metrics
+from worker.aggregation.leases import LeaseBusy, acquire
+from worker.aggregation.refresh import ConcurrentRefresh, refresh_rollups
+from worker.aggregation.runs import (
+    finish_run,
+    mark_abandoned,
+    record_progress,
+    start_run,
+    unfinished_backfill,
+)
+from worker.aggregation.sync import SyncCounts, sync_window
+from worker.aggregation.windows import (
+    InvalidWindow,
+    Window,
+    aligned_window,
+    check_granularity,
+    default_window,
+)
+
+Progress = Callable[[Window, SyncCounts], None]
+
+LEASE_TTL = timedelta(minutes=10)
+CONNECT_TIMEOUT_SECONDS = 10
+# Backfills wait out another session's refresh of the same rollup (55P03) this many times,
+# doubling the pause from one second; scheduled runs leave retrying to Celery.
+BACKFILL_REFRESH_RETRIES = 6
+
+_RETENTION = """
+select pg_catalog.min((j.config ->> 'drop_after')::interval)
+from timescaledb_information.jobs as j
+where j.proc_name = 'policy_retention' and j.hypertable_schema = 'observability'
+  and j.hypertable_name in ('traces', 'spans', 'document_events')
+"""
+
+
+class RangeBeyondRetention(InvalidWindow):
+    """The window reaches back past the raw-data retention horizon."""
+
+
+class MissingDatabaseUrl(RuntimeError):
+    pass
+
+
+def aggregate_observability_metrics(
+    granularity: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    database_url: str | None = None,
+    now: datetime | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Refresh the rollups over a window and sync its rows into metrics_aggregates.
+
+    Without start and end the window is the latest complete bucket and the one before it.
+    Raises LeaseBusy when another run of this granularity is under way, and ConcurrentRefresh
+    when another session refreshes the same rollup: both mean "try again later".
+    """
+    check_granularity(granularity)
+    now = now or datetime.now(UTC)
+    if start is None and end is None:
+        window = default_window(granularity, now)
+    elif start is None or end is None:
+        raise InvalidWindow("pass both start and end, or neither (the latest complete buckets)")
+    else:
+        window = aligned_window(granularity, start, end)
+    return _run("scheduled", window, _url(database_url), now=now, force=force)
+
+
+def backfill_metrics(
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    *,
+    database_url: str | None = None,
+    now: datetime | None = None,
+    force: bool = False,
+    resume: bool = False,
+    wait_seconds: float = 0.0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Walk [start, end) in bounded batches: refresh, sync, record progress after each batch.
+
+    resume continues an unfinished backfill of the same range from where it stopped.
+    wait_seconds is how long to wait for another backfill of this granularity to finish before
+    giving up with LeaseBusy.
+    """
+    window = aligned_window(granularity, start, end)
+    return _run(
+        "backfill",
+        window,
+        _url(database_url),
+        now=now or datetime.now(UTC),
+        force=force,
+        resume=resume,
+        wait_seconds=wait_seconds,
+        progress=progress,
+        refresh_retries=BACKFILL_REFRESH_RETRIES,
+    )
+
+
+def _url(database_url: str | None) -> str:
+    url = database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise MissingDatabaseUrl("no database: pass database_url or set DATABASE_URL")
+    return url
+
+
+def check_retention(conn: psycopg.Connection[Any], window: Window, now: datetime) -> None:
+    row = conn.execute(_RETENTION).fetchone()
+    retention = row[0] if row else None
+    if retention is None:
+        return
+    horizon = now - retention
+    if window.start < horizon:
+        raise RangeBeyondRetention(
+            f"the window starts at {window.start.isoformat()}, before the raw-data retention "
+            f"horizon {horizon.isoformat()} ({retention.days} days): raw rows older than that are "
+            "dropped, and refreshing the rollups there would delete their rows. Start later."
+        )
+
+
+def _run(
+    kind: str,
+    window: Window,
+    url: str,
+    *,
+    now: datetime,
+    force: bool,
+    resume: bool = False,
+    wait_seconds: float = 0.0,
+    progress: Progress | None = None,
+    refresh_retries: int = 0,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    counts = SyncCounts()
+    outcome = "failure"
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            check_retention(conn, window, now)
+            with acquire(
+                conn, f"aggregation:{window.granularity}", LEASE_TTL, wait_seconds=wait_seconds
+            ) as lease:
+                mark_abandoned(conn, window.granularity)
+                resume_from = unfinished_backfill(conn, window) if resume else None
+                run = start_run(conn, kind, window, resume_from)
+                try:
+                    for batch in Window(
+                        window.granularity, resume_from or window.start, window.end
+                    ).batches():
+                        _refresh(conn, batch, force, refresh_retries)
+                        counts.add(sync_window(conn, batch))
+                        run.buckets += batch.buckets
+                        record_progress(conn, run, batch.end, counts)
+                        lease.renew()
+                        if progress is not None:
+                            progress(batch, counts)
+                except BaseException as exc:
+                    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                    # If the database went away, the next run marks this one abandoned.
+                    with suppress(psycopg.Error):
+                        finish_run(conn, run, status, f"{type(exc).__name__}: {exc}")
+                    raise
+                finish_run(conn, run, "succeeded")
+        outcome = "success"
+    except (LeaseBusy, ConcurrentRefresh):
+        outcome = "busy"
+        raise
+    finally:
+        duration = time.perf_counter() - started
+        metrics.observe_run(window.granularity, outcome, duration, counts.processed)
+    return {
+        "kind": kind,
+        "granularity": window.granularity,
+        "window": window.as_dict(),
+        "resumed_from": resume_from.isoformat() if resume_from else None,
+        "buckets": run.buckets,
+        "metrics_created": counts.created,
+        "metrics_updated": counts.updated,
+        "metrics_deleted": counts.deleted,
+        "records_processed": counts.processed,
+        "duration": round(duration, 3),
+        "run_id": run.id,
+    }
+
+
+def _refresh(conn: psycopg.Connection[Any], batch: Window, force: bool, retries: int) -> None:
+    pause = 1.0
+    for attempt in range(retries + 1):
+        try:
+            refresh_rollups(conn, batch, force=force)
+            return
+        except ConcurrentRefresh:
+            if attempt == retries:
+                raise
+            time.sleep(pause)
+            pause *= 2

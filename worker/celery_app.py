@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("worker.celery")
+
+settings = WorkerSettings.from_env()
+
+AGGREGATE_TASK = "worker.tasks.aggregate_observability_metrics"
+
+# The database's own policies keep the rollups fresh; these runs force a refresh of the latest
+# complete buckets and copy them into metrics_aggregates. Exactly one beat process may run.
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "aggregate-hourly-metrics": {
+        "task": AGGREGATE_TASK,
+        "schedule": crontab(minute=5),
+        "args": ("hour",),
+    },
+    "aggregate-daily-metrics": {
+        "task": AGGREGATE_TASK,
+        "schedule": crontab(minute=0, hour=1),
+        "args": ("day",),
+    },
+    "aggregate-weekly-metrics": {
+        "task": AGGREGATE_TASK,
+        "schedule": crontab(minute=0, hour=2, day_of_week="mon"),
+        "args": ("week",),
+    },
+}
+
+app = Celery("worker", include=["worker.tasks"])
+app.conf.update(
+    broker_url=settings.broker_url,
+    result_backend=settings.result_backend,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+    result_expires=86400,
+    timezone="UTC",
+    enable_utc=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_track_started=True,
+    # A task whose worker died mid-run goes back to the queue instead of being lost; the tasks
+    # are idempotent, so running one again is safe.
+    task_reject_on_worker_lost=True,
+    task_time_limit=settings.time_limit,
+    task_soft_time_limit=settings.soft_time_limit,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    beat_schedule=BEAT_SCHEDULE,
+)
+
+
+@signals.worker_init.connect
+def _start_metrics_server(**_: Any) -> None:
+    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if multiproc_dir:
+        # Files left by an earlier worker would be merged into this one's numbers.
+        shutil.rmtree(multiproc_dir, ignore_errors=True)
+        Path(multiproc_dir).mkdir(parents=True, exist_ok=True)
+    if settings.metrics_port <= 0:
+        return
+    from worker.metrics_server import restore_last_successes, serve_metrics
+
+    restore_last_successes(settings.database_url)
+    serve_metrics(settings.metrics_port, settings.database_url)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_dead_child(pid: int | None = None, **_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())
+
+
+# Register the tasks with the app wherever it is imported (producers, beat, tests), not only in
+# worker processes, which would import `include` themselves.
+import worker.tasks  # noqa: E402, F401

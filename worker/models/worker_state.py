@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Identity, Index, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from worker.models.base import Base
+
+RUN_KINDS = ("scheduled", "backfill")
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+
+class AggregationRun(Base):
+    __tablename__ = "aggregation_runs"
+    __table_args__ = (
+        Index("aggregation_runs_granularity_started_at_idx", "granularity", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    kind: Mapped[str]
+    granularity: Mapped[str]
+    range_start: Mapped[datetime]
+    range_end: Mapped[datetime]
+    done_until: Mapped[datetime]
+    status: Mapped[str] = mapped_column(default="running", server_default=text("'running'::text"))
+    buckets: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    metrics_created: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    metrics_updated: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    metrics_deleted: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    error: Mapped[str | None]
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+
+class WorkerLease(Base):
+    __tablename__ = "worker_leases"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    holder: Mapped[str]
+    acquired_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    database_url: str | None
+    broker_url: str
+    result_backend: str
+    # Redis redelivers a task nobody acknowledged after this long; tasks are acknowledged late
+    # (after they finish), so their time limit must stay below it or they run twice at once.
+    visibility_timeout: int
+    time_limit: int
+    soft_time_limit: int
+    max_retries: int
+    retry_backoff_max: int
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if env is None else env
+        broker = env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+        visibility = int(_number(env, "OBSERVABILITY_VISIBILITY_TIMEOUT", 3600, minimum=60))
+        time_limit = int(
+            _number(env, "OBSERVABILITY_TASK_TIME_LIMIT", visibility * 0.9, minimum=10)
+        )
+        if time_limit >= visibility:
+            raise SettingsError(
+                f"OBSERVABILITY_TASK_TIME_LIMIT ({time_limit}s) must be below "
+                f"OBSERVABILITY_VISIBILITY_TIMEOUT ({visibility}s)"
+            )
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            broker_url=broker,
+            result_backend=env.get("CELERY_RESULT_BACKEND") or broker,
+            visibility_timeout=visibility,
+            time_limit=time_limit,
+            soft_time_limit=max(5, int(time_limit * 0.9)),
+            max_retries=int(_number(env, "OBSERVABILITY_TASK_MAX_RETRIES", 5)),
+            retry_backoff_max=int(_number(env, "OBSERVABILITY_RETRY_BACKOFF_MAX", 600, 1)),
+            metrics_port=int(_number(env, "WORKER_METRICS_PORT", 9808)),
+        )

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from worker import aggregation
+from worker.celery_app import app, settings
+from worker.settings import WorkerSettings
+
+# Worth another try later: the database is unreachable, or another run holds the granularity
+# or refreshes the same rollup. Bad arguments (InvalidWindow) fail at once.
+RETRYABLE = (psycopg.OperationalError, aggregation.LeaseBusy, aggregation.ConcurrentRefresh)
+_RETRY_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": True,
+    "retry_backoff_max": settings.retry_backoff_max,
+    "retry_jitter": True,
+    "max_retries": settings.max_retries,
+}
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@app.task(**_RETRY_OPTIONS)
+def aggregate_observability_metrics(
+    granularity: str, start: str | None = None, end: str | None = None
+) -> dict[str, Any]:
+    """Refresh the rollups and sync metrics_aggregates; the default window is the latest
+    complete bucket and the one before it. start and end are ISO 8601 with a time zone."""
+    return aggregation.aggregate_observability_metrics(
+        granularity,
+        _time(start),
+        _time(end),
+        database_url=WorkerSettings.from_env().database_url,
+    )
+
+
+@app.task(**_RETRY_OPTIONS)
+def backfill_observability_metrics(start: str, end: str, granularity: str) -> dict[str, Any]:
+    """Backfill [start, end), resuming an unfinished backfill of the same range."""
+    start_time, end_time = _time(start), _time(end)
+    if start_time is None or end_time is None:
+        raise aggregation.InvalidWindow("a backfill needs both start and end")
+    return aggregation.backfill_metrics(
+        start_time,
+        end_time,
+        granularity,
+        database_url=WorkerSettings.from_env().database_url,
+        resume=True,
+    )
