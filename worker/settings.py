@@ -35,15 +35,15 @@ class WorkerSettings:
     max_retries: int
     retry_backoff_max: int
     metrics_port: int
+    # A lease not renewed for this long is free again: how long a killed worker blocks others.
+    lease_ttl: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
         env = os.environ if env is None else env
         broker = env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
-        visibility = int(_number(env, "OBSERVABILITY_VISIBILITY_TIMEOUT", 3600, minimum=60))
-        time_limit = int(
-            _number(env, "OBSERVABILITY_TASK_TIME_LIMIT", visibility * 0.9, minimum=10)
-        )
+        visibility = int(_number(env, "OBSERVABILITY_VISIBILITY_TIMEOUT", 3600, minimum=5))
+        time_limit = int(_number(env, "OBSERVABILITY_TASK_TIME_LIMIT", visibility * 0.9, minimum=1))
         if time_limit >= visibility:
             raise SettingsError(
                 f"OBSERVABILITY_TASK_TIME_LIMIT ({time_limit}s) must be below "
@@ -59,4 +59,5 @@ class WorkerSettings:
             max_retries=int(_number(env, "OBSERVABILITY_TASK_MAX_RETRIES", 5)),
             retry_backoff_max=int(_number(env, "OBSERVABILITY_RETRY_BACKOFF_MAX", 600, 1)),
             metrics_port=int(_number(env, "WORKER_METRICS_PORT", 9808)),
+            lease_ttl=int(_number(env, "OBSERVABILITY_LEASE_TTL", 600, minimum=5)),
         )

@@ -46,6 +46,7 @@ def test_only_the_rollups_and_views_use_the_placeholder() -> None:
         "011-llm-span-rollups.sql",
         "012-document-event-rollups.sql",
         "003-rollup-views.sql",
+        "007-dashboard-views.sql",
     }
 
 

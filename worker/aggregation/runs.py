@@ -99,3 +99,35 @@ def unfinished_backfill(conn: psycopg.Connection[Any], window: Window) -> dateti
 
 def last_successes(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
     return {granularity: at for granularity, at in conn.execute(_LAST_SUCCESS).fetchall()}
+
+
+@dataclass(frozen=True)
+class GranularityStatus:
+    granularity: str
+    last_success: datetime | None
+    last_run_kind: str | None
+    last_run_status: str | None
+    last_run_started_at: datetime | None
+    last_error: str | None
+    done_until: datetime | None  # progress of the latest run
+
+
+_STATUS = """
+select g.granularity, s.last_success, r.kind, r.status, r.started_at, r.error, r.done_until
+from unnest(array['hour', 'day', 'week']) with ordinality as g (granularity, position)
+left join lateral (
+  select max(finished_at) as last_success from observability.aggregation_runs
+  where granularity = g.granularity and status = 'succeeded'
+) as s on true
+left join lateral (
+  select kind, status, started_at, error, done_until from observability.aggregation_runs
+  where granularity = g.granularity
+  order by started_at desc, id desc
+  limit 1
+) as r on true
+order by g.position
+"""
+
+
+def granularity_statuses(conn: psycopg.Connection[Any]) -> list[GranularityStatus]:
+    return [GranularityStatus(*row) for row in conn.execute(_STATUS).fetchall()]

@@ -27,10 +27,10 @@ from worker.aggregation.windows import (
     check_granularity,
     default_window,
 )
+from worker.settings import WorkerSettings
 
 Progress = Callable[[Window, SyncCounts], None]
 
-LEASE_TTL = timedelta(minutes=10)
 CONNECT_TIMEOUT_SECONDS = 10
 # Backfills wait out another session's refresh of the same rollup (55P03) this many times,
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
@@ -110,6 +110,10 @@ def backfill_metrics(
     )
 
 
+def _lease_ttl() -> timedelta:
+    return timedelta(seconds=WorkerSettings.from_env().lease_ttl)
+
+
 def _url(database_url: str | None) -> str:
     url = database_url or os.environ.get("DATABASE_URL")
     if not url:
@@ -150,7 +154,7 @@ def _run(
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             check_retention(conn, window, now)
             with acquire(
-                conn, f"aggregation:{window.granularity}", LEASE_TTL, wait_seconds=wait_seconds
+                conn, f"aggregation:{window.granularity}", _lease_ttl(), wait_seconds=wait_seconds
             ) as lease:
                 mark_abandoned(conn, window.granularity)
                 resume_from = unfinished_backfill(conn, window) if resume else None

@@ -8,19 +8,24 @@ import psycopg
 from worker.aggregation.windows import Window
 
 # Copies the rolled-up rows of one window from observability.metrics (the continuous aggregates,
-# real-time included) into metrics_aggregates. A row is only rewritten when a value changed, so a
-# rerun over unchanged data writes nothing and created/updated count real changes. xmax = 0 marks
-# a row this statement inserted rather than updated.
-_UPSERT = """
-with upserted as (
-  insert into observability.metrics_aggregates as a
-    ( bucket_time, granularity, metric_type, dimension_type, dimension_value, count
-    , sum_value, min_value, max_value, avg_value, p50_value, p95_value, p99_value )
+# real-time included) into metrics_aggregates, in one statement over one reading of the view:
+#   * a row is only rewritten when a value changed, so a rerun over unchanged data writes
+#     nothing, and created/updated count real changes (xmax = 0 marks an inserted row);
+#   * rows whose source is gone (raw rows deleted, a value moved to another dimension value) are
+#     deleted, so a rerun leaves exactly what an undisturbed run leaves. The delete sees the
+#     table as it was before the statement, so it never touches a row the insert just wrote.
+_SYNC = """
+with source as materialized (
   select m.bucket, m.granularity, m.metric_type, m.dimension_type, m.dimension_value, m.count
     , m.sum, m.min, m.max, m.avg, m.p50, m.p95, m.p99
   from observability.metrics as m
   where m.granularity = %(granularity)s
     and m.bucket >= %(start)s and m.bucket < %(end)s
+), upserted as (
+  insert into observability.metrics_aggregates as a
+    ( bucket_time, granularity, metric_type, dimension_type, dimension_value, count
+    , sum_value, min_value, max_value, avg_value, p50_value, p95_value, p99_value )
+  select * from source
   on conflict on constraint metrics_aggregates_pkey do update set
     count = excluded.count, sum_value = excluded.sum_value, min_value = excluded.min_value
   , max_value = excluded.max_value, avg_value = excluded.avg_value
@@ -32,22 +37,21 @@ with upserted as (
       , excluded.max_value, excluded.avg_value, excluded.p50_value, excluded.p95_value
       , excluded.p99_value)
   returning (a.xmax = 0) as inserted
+), deleted as (
+  delete from observability.metrics_aggregates as a
+  where a.granularity = %(granularity)s
+    and a.bucket_time >= %(start)s and a.bucket_time < %(end)s
+    and not exists (
+      select from source as s
+      where s.bucket = a.bucket_time and s.metric_type = a.metric_type
+        and s.dimension_type = a.dimension_type and s.dimension_value = a.dimension_value
+    )
+  returning 1
 )
-select count(*) filter (where inserted), count(*) filter (where not inserted) from upserted
-"""
-
-# Rows whose source is gone (raw rows deleted, a value recomputed into another dimension value):
-# without this, a rerun would not leave exactly what an undisturbed run leaves.
-_DELETE_STALE = """
-delete from observability.metrics_aggregates as a
-where a.granularity = %(granularity)s
-  and a.bucket_time >= %(start)s and a.bucket_time < %(end)s
-  and not exists (
-    select from observability.metrics as m
-    where m.granularity = a.granularity and m.bucket = a.bucket_time
-      and m.metric_type = a.metric_type and m.dimension_type = a.dimension_type
-      and m.dimension_value = a.dimension_value
-  )
+select
+  (select pg_catalog.count(*) from upserted where inserted),
+  (select pg_catalog.count(*) from upserted where not inserted),
+  (select pg_catalog.count(*) from deleted)
 """
 
 
@@ -71,7 +75,6 @@ def sync_window(conn: psycopg.Connection[Any], window: Window) -> SyncCounts:
     """Upsert the window's rollup rows into metrics_aggregates in one transaction."""
     params = {"granularity": window.granularity, "start": window.start, "end": window.end}
     with conn.transaction():
-        row = conn.execute(_UPSERT, params).fetchone()
-        deleted = conn.execute(_DELETE_STALE, params).rowcount
-    created, updated = row if row is not None else (0, 0)
-    return SyncCounts(created=int(created), updated=int(updated), deleted=max(deleted, 0))
+        row = conn.execute(_SYNC, params).fetchone()
+    created, updated, deleted = row if row is not None else (0, 0, 0)
+    return SyncCounts(created=int(created), updated=int(updated), deleted=int(deleted))

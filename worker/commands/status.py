@@ -11,6 +11,7 @@ import psycopg
 from worker.commands import add_database_url, database_url
 
 if TYPE_CHECKING:
+    from worker.aggregation.runs import GranularityStatus
     from worker.commands import SubParsers
     from worker.health import JobStatus, RollupHealth
 
@@ -25,10 +26,11 @@ _SKETCHES = {
 def register(subparsers: SubParsers) -> None:
     status = subparsers.add_parser(
         "status",
-        help="show the rollups: percentile sketch, freshness and policy jobs",
+        help="show the rollups and the worker: sketch, freshness, policy jobs, last success",
         description="Print which percentile sketch the rollups use, each continuous aggregate "
         "with its newest materialized bucket and lag, and the database's job statistics for "
-        "the refresh, compression and retention policies.",
+        "the refresh, compression and retention policies, then the aggregation worker's last "
+        "success and latest run per granularity.",
     )
     add_database_url(status)
     status.set_defaults(handler=run)
@@ -38,19 +40,43 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(args, log)
     if not url:
         return 2
+    from worker.aggregation.runs import granularity_statuses
     from worker.health import rollup_health
 
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             health = rollup_health(conn)
+            runs = granularity_statuses(conn)
     except psycopg.OperationalError as exc:
         log.error("cannot reach the database: %s", exc)
         return 1
     except psycopg.errors.UndefinedTable as exc:
         log.error("the observability schema is not installed (python -m worker migrate): %s", exc)
         return 1
-    print("\n".join(render(health)))
+    print("\n".join(render(health) + ["", *render_runs(runs)]))
     return 0
+
+
+def render_runs(runs: Sequence[GranularityStatus]) -> list[str]:
+    lines = ["aggregation worker (metrics_aggregates)"]
+    lines += _table(
+        ["granularity", "last success", "latest run", "status", "started", "synced up to"],
+        [
+            [
+                r.granularity,
+                _time(r.last_success) if r.last_success else "never",
+                r.last_run_kind or "-",
+                r.last_run_status or "-",
+                _time(r.last_run_started_at),
+                _time(r.done_until),
+            ]
+            for r in runs
+        ],
+    )
+    for run in runs:
+        if run.last_run_status == "failed" and run.last_error:
+            lines.append(f"last {run.granularity} run failed with: {run.last_error}")
+    return lines
 
 
 def render(health: RollupHealth) -> list[str]:
