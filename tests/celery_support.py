@@ -131,3 +131,15 @@ def celery_broker() -> Iterator[str]:
         yield TEST_REDIS
     finally:
         app.conf.update(broker_url=previous[0], result_backend=previous[1])
+
+
+@pytest.fixture(scope="module")
+def celery_worker(
+    celery_broker: str, migrated_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """A real prefork Celery worker on the test database and the test Redis, for the module."""
+    worker = start_worker(tmp_path_factory.mktemp("celery"), migrated_database_url)
+    try:
+        yield worker
+    finally:
+        worker.stop()

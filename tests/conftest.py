@@ -88,6 +88,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 # Observability schema fixtures, defined in tests/observability_fixtures.py and
 # tests/aggregation_support.py.
 from tests.aggregation_support import agg_conn  # noqa: E402, F401
+from tests.celery_support import celery_broker, celery_worker  # noqa: E402, F401
 from tests.observability_fixtures import (  # noqa: E402, F401
     clean_observability,
     migrated_database_url,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable
 from threading import Thread
@@ -17,6 +18,15 @@ from worker.health import rollup_health
 log = logging.getLogger("worker.metrics")
 
 CONNECT_TIMEOUT_SECONDS = 5
+
+# The newest raw row behind each family of rollups (rollup names are <source>_<level>).
+_NEWEST_RAW = """
+select 'traces', pg_catalog.max(started_at) from observability.traces
+union all
+select 'llm_spans', pg_catalog.max(started_at) from observability.spans where span_type = 'llm'
+union all
+select 'document_events', pg_catalog.max(created_at) from observability.document_events
+"""
 
 
 class DatabaseHealthCollector(Collector):
@@ -39,6 +49,7 @@ class DatabaseHealthCollector(Collector):
                 self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
             ) as conn:
                 health = rollup_health(conn)
+                newest_raw = dict(conn.execute(_NEWEST_RAW).fetchall())
         except psycopg.Error as exc:
             log.warning("health check could not read the database: %s", exc)
             up.add_metric([], 0)
@@ -57,13 +68,29 @@ class DatabaseHealthCollector(Collector):
             "Unix time of the start of the newest materialized bucket",
             labels=["rollup"],
         )
+        behind = GaugeMetricFamily(
+            "observability_rollup_unmaterialized_seconds",
+            "How much of the newest raw data the rollup has not materialized yet: newest raw "
+            "row minus watermark, 0 when caught up, +Inf when nothing is materialized",
+            labels=["rollup"],
+        )
         for rollup in health.rollups:
             if rollup.lag is not None:
                 lag.add_metric([rollup.name], rollup.lag.total_seconds())
             if rollup.newest_bucket is not None:
                 newest.add_metric([rollup.name], rollup.newest_bucket.timestamp())
+            source = rollup.name.removeprefix("observability.").rpartition("_")[0]
+            raw = newest_raw.get(source)
+            if raw is not None:
+                if rollup.watermark is None:
+                    behind.add_metric([rollup.name], math.inf)
+                else:
+                    behind.add_metric(
+                        [rollup.name], max(0.0, (raw - rollup.watermark).total_seconds())
+                    )
         yield lag
         yield newest
+        yield behind
 
         failures = GaugeMetricFamily(
             "observability_job_failures",

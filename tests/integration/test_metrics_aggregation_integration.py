@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytest
 from celery.schedules import crontab
 
 from tests.aggregation_support import aggregates, day_start, insert_spans, insert_traces, place
-from tests.celery_support import CeleryWorker, celery_broker, sample, start_worker  # noqa: F401
+from tests.celery_support import CeleryWorker, sample
 from tests.factories import (
     create_document_event,
     create_failed_trace,
@@ -31,16 +30,8 @@ ROLLUPS = {
 
 
 @pytest.fixture(scope="module")
-def worker(
-    celery_broker: str,  # noqa: F811
-    migrated_database_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[CeleryWorker]:
-    process = start_worker(tmp_path_factory.mktemp("celery"), migrated_database_url)
-    try:
-        yield process
-    finally:
-        process.stop()
+def worker(celery_worker: CeleryWorker) -> CeleryWorker:
+    return celery_worker
 
 
 @pytest.fixture
