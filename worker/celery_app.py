@@ -37,12 +37,21 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     },
 }
 
+# Redis hands an unacknowledged task (its worker died) to another worker once it is older than
+# the visibility timeout, found by a periodic sweep (kombu: every interval x throttle seconds,
+# 100 s by default). A short timeout gets a sweep to match, so recovery is not dominated by it.
+_TRANSPORT_OPTIONS = {
+    "visibility_timeout": settings.visibility_timeout,
+    "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 10)),
+    "unacked_restore_throttle": 10 if settings.visibility_timeout >= 1000 else 1,
+}
+
 app = Celery("worker", include=["worker.tasks"])
 app.conf.update(
     broker_url=settings.broker_url,
     result_backend=settings.result_backend,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    broker_transport_options=_TRANSPORT_OPTIONS,
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
     result_expires=86400,
     timezone="UTC",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from worker.commands import db, demo, migrate, status
+from worker.commands import backfill, db, demo, migrate, status
 from worker.engine import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 Registrar = Callable[["SubParsers"], None]
 
 COMMANDS: dict[str, Registrar] = {
+    "backfill": backfill.register,
     "db": db.register,
     "demo": demo.register,
     "migrate": migrate.register,

@@ -37,6 +37,8 @@ class WorkerSettings:
     metrics_port: int
     # A lease not renewed for this long is free again: how long a killed worker blocks others.
     lease_ttl: int
+    # Buckets per refresh-and-sync batch (progress is committed after each); 0: the defaults.
+    batch_buckets: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -60,4 +62,5 @@ class WorkerSettings:
             retry_backoff_max=int(_number(env, "OBSERVABILITY_RETRY_BACKOFF_MAX", 600, 1)),
             metrics_port=int(_number(env, "WORKER_METRICS_PORT", 9808)),
             lease_ttl=int(_number(env, "OBSERVABILITY_LEASE_TTL", 600, minimum=5)),
+            batch_buckets=int(_number(env, "OBSERVABILITY_BATCH_BUCKETS", 0)),
         )

@@ -110,10 +110,6 @@ def backfill_metrics(
     )
 
 
-def _lease_ttl() -> timedelta:
-    return timedelta(seconds=WorkerSettings.from_env().lease_ttl)
-
-
 def _url(database_url: str | None) -> str:
     url = database_url or os.environ.get("DATABASE_URL")
     if not url:
@@ -148,13 +144,17 @@ def _run(
     refresh_retries: int = 0,
 ) -> dict[str, Any]:
     started = time.perf_counter()
+    settings = WorkerSettings.from_env()
     counts = SyncCounts()
     outcome = "failure"
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             check_retention(conn, window, now)
             with acquire(
-                conn, f"aggregation:{window.granularity}", _lease_ttl(), wait_seconds=wait_seconds
+                conn,
+                f"aggregation:{window.granularity}",
+                timedelta(seconds=settings.lease_ttl),
+                wait_seconds=wait_seconds,
             ) as lease:
                 mark_abandoned(conn, window.granularity)
                 resume_from = unfinished_backfill(conn, window) if resume else None
@@ -162,7 +162,7 @@ def _run(
                 try:
                     for batch in Window(
                         window.granularity, resume_from or window.start, window.end
-                    ).batches():
+                    ).batches(settings.batch_buckets or None):
                         _refresh(conn, batch, force, refresh_retries)
                         counts.add(sync_window(conn, batch))
                         run.buckets += batch.buckets
