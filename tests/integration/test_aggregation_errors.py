@@ -41,9 +41,18 @@ def test_a_window_beyond_raw_retention_is_refused_and_nothing_runs(
     agg_conn: psycopg.Connection,
 ) -> None:
     start = datetime.now(UTC) - timedelta(days=45)
-    with pytest.raises(RangeBeyondRetention, match=r"retention horizon .* \(30 days\)"):
+    with pytest.raises(RangeBeyondRetention, match=r"retention horizon .*T00:00:00\+00:00 \(30 days, whole chunks\)"):
         backfill_metrics(start, start + timedelta(days=2), "hour", database_url=agg_conn.info.dsn)
     assert _runs(agg_conn) == 0
+
+
+def test_thirty_days_of_whole_hours_are_within_retention(agg_conn: psycopg.Connection) -> None:
+    # the chunk holding the horizon is whole, so the last 30 days of hours can be backfilled
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    summary = backfill_metrics(
+        end - timedelta(days=30), end, "hour", database_url=agg_conn.info.dsn
+    )
+    assert summary["buckets"] == 720
 
 
 def test_start_without_end_is_refused(agg_conn: psycopg.Connection) -> None:

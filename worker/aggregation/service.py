@@ -36,12 +36,20 @@ CONNECT_TIMEOUT_SECONDS = 10
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
 BACKFILL_REFRESH_RETRIES = 6
 
+# The shortest raw-data retention and the widest raw chunk: retention drops whole chunks whose
+# end is older than now - drop_after, so the chunk holding that horizon is still complete.
 _RETENTION = """
-select pg_catalog.min((j.config ->> 'drop_after')::interval)
+select pg_catalog.min((j.config ->> 'drop_after')::interval),
+  (select pg_catalog.max(d.time_interval) from timescaledb_information.dimensions as d
+    where d.hypertable_schema = 'observability'
+      and d.hypertable_name in ('traces', 'spans', 'document_events'))
 from timescaledb_information.jobs as j
 where j.proc_name = 'policy_retention' and j.hypertable_schema = 'observability'
   and j.hypertable_name in ('traces', 'spans', 'document_events')
 """
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RangeBeyondRetention(InvalidWindow):
@@ -119,15 +127,18 @@ def _url(database_url: str | None) -> str:
 
 def check_retention(conn: psycopg.Connection[Any], window: Window, now: datetime) -> None:
     row = conn.execute(_RETENTION).fetchone()
-    retention = row[0] if row else None
+    retention, chunk = row if row else (None, None)
     if retention is None:
         return
     horizon = now - retention
+    if chunk:
+        horizon = _EPOCH + ((horizon - _EPOCH) // chunk) * chunk
     if window.start < horizon:
         raise RangeBeyondRetention(
             f"the window starts at {window.start.isoformat()}, before the raw-data retention "
-            f"horizon {horizon.isoformat()} ({retention.days} days): raw rows older than that are "
-            "dropped, and refreshing the rollups there would delete their rows. Start later."
+            f"horizon {horizon.isoformat()} ({retention.days} days, whole chunks): raw rows "
+            "older than that may be dropped, and refreshing the rollups there would delete "
+            "their rows. Start later."
         )
 
 
