@@ -9,7 +9,14 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.setup-stamp
 NODE_STAMP := engine/node_modules/.setup-stamp
 
-.PHONY: setup test lint format demo bench clean distclean
+# Debian packages some tests drive: prometheus and promtool (alert rules, a real scrape),
+# docker-compose (validating docker-compose.yml without a Docker engine), psql (the read-only
+# dashboard role script). Installed when missing and possible (root with apt-get); otherwise
+# the tests that need them skip and say why.
+SYSTEM_TOOLS := prometheus promtool docker-compose psql
+SYSTEM_PACKAGES := prometheus docker-compose postgresql-client
+
+.PHONY: setup system-tools test lint format demo bench clean distclean
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
@@ -24,7 +31,21 @@ $(NODE_STAMP): engine/package.json engine/package-lock.json
 	$(NPM) ci --prefix engine
 	@touch $@
 
-test: setup
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages for:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "warning: missing$$missing; install $(SYSTEM_PACKAGES) or their tests skip" >&2; \
+	  fi; \
+	fi
+
+test: setup system-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(PY_STAMP)
@@ -35,8 +56,11 @@ format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# e.g. make demo DEMO_ARGS="--traces-per-hour 100 --fresh"
+DEMO_ARGS ?=
+
 demo: setup
-	$(BIN)/python -m worker demo
+	$(BIN)/python -m worker demo $(DEMO_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -84,6 +85,22 @@ def _start_metrics_server(**_: Any) -> None:
 
     restore_last_successes(settings.database_url)
     serve_metrics(settings.metrics_port, settings.database_url)
+
+
+@signals.beat_init.connect
+def _only_one_beat(sender: Any = None, **_: Any) -> None:
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        log.warning("not a Redis broker: nothing stops a second beat from running")
+        return
+    from worker.beat_lock import BeatAlreadyRunning, BeatLock
+
+    lock = BeatLock(settings.broker_url, settings.beat_lock_ttl)
+    try:
+        lock.acquire()
+    except BeatAlreadyRunning as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None  # not an Exception, so the signal does not swallow it
+    atexit.register(lock.release)
 
 
 @signals.worker_process_shutdown.connect

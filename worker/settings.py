@@ -39,6 +39,7 @@ class WorkerSettings:
     lease_ttl: int
     # Buckets per refresh-and-sync batch (progress is committed after each); 0: the defaults.
     batch_buckets: int
+    beat_lock_ttl: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -63,4 +64,5 @@ class WorkerSettings:
             metrics_port=int(_number(env, "WORKER_METRICS_PORT", 9808)),
             lease_ttl=int(_number(env, "OBSERVABILITY_LEASE_TTL", 600, minimum=5)),
             batch_buckets=int(_number(env, "OBSERVABILITY_BATCH_BUCKETS", 0)),
+            beat_lock_ttl=int(_number(env, "OBSERVABILITY_BEAT_LOCK_TTL", 60, minimum=3)),
         )

@@ -183,3 +183,15 @@ def test_an_expired_lease_is_taken_over(agg_conn: psycopg.Connection) -> None:
     assert row[0] == lease.holder != "dead:1:x"
     lease.release()
     assert agg_conn.execute("select count(*) from observability.worker_leases").fetchone() == (0,)
+
+
+def test_force_rematerializes_buckets_whose_raw_rows_did_not_change(
+    agg_conn: psycopg.Connection,
+) -> None:
+    start = day_start(7) + 4 * HOUR
+    insert_traces(agg_conn, place(create_traces_for_aggregation(count=3), start, HOUR / 3))
+    url = agg_conn.info.dsn
+    summary = backfill_metrics(start, start + HOUR, "hour", database_url=url, force=True)
+    assert summary["metrics_created"] > 0
+    overall = aggregates(agg_conn, metric_type="trace.duration_ms", dimension_type="overall")
+    assert [r["count"] for r in overall] == [3]
