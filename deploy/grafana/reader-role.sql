@@ -1,0 +1,29 @@
+-- The read-only role the Grafana datasource logs in as. Run by the grafana-reader service of
+-- docker-compose.yml after every migration, with psql variables reader_user and
+-- reader_password. Re-running it is harmless: the role is created once, its password follows
+-- the environment, and the grants cover objects recreated by the idempotent SQL files.
+\set ON_ERROR_STOP on
+
+select pg_catalog.format('create role %I login', :'reader_user')
+where not exists (select from pg_catalog.pg_roles where rolname = :'reader_user')
+\gexec
+
+select pg_catalog.format('alter role %I with login nosuperuser nocreatedb nocreaterole '
+  'noreplication password %L', :'reader_user', :'reader_password')
+\gexec
+
+-- Every session of the role is read-only, and a runaway dashboard query is cut short.
+select pg_catalog.format('alter role %I set default_transaction_read_only = on',
+  :'reader_user')
+\gexec
+select pg_catalog.format('alter role %I set statement_timeout = %L', :'reader_user', '60s')
+\gexec
+
+select pg_catalog.format('grant usage on schema observability to %I', :'reader_user')
+\gexec
+select pg_catalog.format('grant select on all tables in schema observability to %I',
+  :'reader_user')
+\gexec
+select pg_catalog.format('grant execute on all functions in schema observability to %I',
+  :'reader_user')
+\gexec
