@@ -3,12 +3,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from bench import engine, rollups
+from bench import engine, ingest, otlp, rollups, worker
 from bench.common import GroupResult, Options, progress, write_results
 
 GROUPS: dict[str, Callable[[Options], GroupResult]] = {
     "engine": engine.run,
     "rollups": rollups.run,
+    "ingest": ingest.run,
+    "otlp": otlp.run,
+    "worker": worker.run,
 }
 
 
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=float,
         default=1.0,
-        help="rollups: workload as a fraction of 500k traces and 2M LLM spans (default: 1)",
+        help="rollups, worker: workload as a fraction of 500k traces and 2M LLM spans (default: 1)",
     )
     return parser
 
@@ -67,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=timeout if timeout > 0 else None,
     )
     rollups.configure(scale=args.scale)
+    worker.configure(scale=args.scale)
     ok = True
     for name in dict.fromkeys(args.groups or GROUPS):
         progress(f"== {name}")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from worker.commands import backfill, db, demo, migrate, status
+from worker.commands import backfill, db, demo, ingest, migrate, recost, status
 from worker.engine import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -22,7 +22,9 @@ COMMANDS: dict[str, Registrar] = {
     "backfill": backfill.register,
     "db": db.register,
     "demo": demo.register,
+    "ingest": ingest.register,
     "migrate": migrate.register,
+    "recost": recost.register,
     "status": status.register,
 }
 

@@ -4,24 +4,103 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
+import psycopg
 
-def run_demo(data_dir: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--data-dir", str(data_dir)],
+from worker.demo.workload import MODELS, OPERATIONS
+from worker.engine import EmbeddedEngine
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "demo", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
     )
-    return result.stdout
 
 
-def test_demo_installs_once_and_reuses_its_data_dir(tmp_path: Path) -> None:
-    data_dir = tmp_path / "engine-data"
-    first = run_demo(data_dir)
-    assert "applied 001-timescaledb.sql" in first
-    assert "percentile sketch: the project's own" in first
-    assert "observability.traces_hourly" in first
-    second = run_demo(data_dir)
-    assert "schema up to date: no new incremental files" in second
-    assert "applied 001-timescaledb.sql" not in second
+def test_demo_generates_aggregates_reports_then_reuses_its_data(tmp_path: Path) -> None:
+    data_dir, out = tmp_path / "engine-data", tmp_path / "out"
+    options = ["--data-dir", data_dir, "--out", out, "--traces-per-hour", "4", "--seed", "5"]
+    first = run_demo(*options)
+    assert first.returncode == 0, first.stderr
+    summary = first.stdout
+    assert "applied 001-timescaledb.sql" in summary
+    assert "generated " in summary
+    assert "generating" in first.stderr  # the progress bar
+    for model in MODELS:
+        assert f"  {model.name} " in summary
+    for operation in OPERATIONS:
+        assert f"  {operation} " in summary
+    assert "late-arriving rows:" in summary
+    assert "picked up by the hourly re-sync" in summary
+    assert str(out / "dashboard.png") in summary
+
+    png = out / "dashboard.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width >= 1200 and height >= 1200
+    html = (out / "dashboard.html").read_text()
+    assert "data:image/png;base64,iVBORw0KGgo" in html
+    assert "<h2>by model (LLM calls)</h2>" in html
+
+    second = run_demo(*options)
+    assert second.returncode == 0, second.stderr
+    assert "reusing the workload already in" in second.stdout
+    assert "generated " not in second.stdout
+    assert "generating" not in second.stderr
+    assert "late-arriving rows" not in second.stdout
+    for model in MODELS:
+        assert f"  {model.name} " in second.stdout
+
+    with (
+        EmbeddedEngine(data_dir=data_dir) as engine,
+        psycopg.connect(engine.url, autocommit=True) as conn,
+    ):
+        rows = dict(
+            conn.execute(
+                "select granularity, count(*) from observability.metrics_aggregates group by 1"
+            ).fetchall()
+        )
+        traces = conn.execute("select count(*) from observability.traces").fetchone()
+        # As an interrupted first run leaves it: the last day was never written.
+        conn.execute(
+            "delete from observability.traces where started_at > "
+            "(select max(started_at) from observability.traces) - interval '1 day'"
+        )
+    assert set(rows) == {"hour", "day", "week"}
+    assert all(count > 0 for count in rows.values())
+    assert traces is not None and 4 * 168 * 0.8 < traces[0] < 4 * 168 * 1.2
+
+    incomplete = run_demo(*options)
+    assert incomplete.returncode == 1
+    assert "is incomplete" in incomplete.stderr
+    assert "run again with --fresh" in incomplete.stderr
+
+    third = run_demo(*options[:4], "--traces-per-hour", "2", "--fresh", "--no-progress")
+    assert third.returncode == 0, third.stderr
+    assert f"wiped {data_dir}" in third.stdout
+    assert "generated " in third.stdout
+    assert "applied 001-timescaledb.sql" in third.stdout
+    assert "generating" not in third.stderr
+
+
+def test_fresh_refuses_a_directory_that_is_not_an_engines(tmp_path: Path) -> None:
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    result = run_demo("--data-dir", tmp_path, "--out", tmp_path / "out", "--fresh")
+    assert result.returncode == 1
+    assert "is not an engine data directory" in result.stderr
+    assert keep.read_text() == "mine"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_traffic_rate_that_is_not_positive_is_refused(tmp_path: Path) -> None:
+    for rate in ("0", "-3", "lots"):
+        result = run_demo("--data-dir", tmp_path / "d", "--traces-per-hour", rate)
+        assert result.returncode == 2
+        assert "--traces-per-hour" in result.stderr
+        assert not (tmp_path / "d").exists()

@@ -31,6 +31,7 @@ from worker.models import (
     ChatMessage,
     DocumentEvent,
     MetricsAggregate,
+    ModelPrice,
     ProviderSyncStatus,
     Span,
     Trace,
@@ -275,9 +276,36 @@ def test_check_constraint_rejects_bad_row(
     assert_session_still_works(obs_session, model, factory())
 
 
+# model_prices holds seeded rows that the test fixtures keep, so its cases only check rejection.
+PRICE_CASES = [
+    ("model_prices_model_not_empty", {"model": ""}),
+    ("model_prices_provider_not_empty", {"provider": ""}),
+    ("model_prices_input_price_non_negative", {"input_usd_per_million": Decimal("-0.01")}),
+    ("model_prices_output_price_non_negative", {"output_usd_per_million": Decimal("-1")}),
+]
+
+
+@pytest.mark.parametrize(("constraint", "overrides"), PRICE_CASES, ids=[c for c, _ in PRICE_CASES])
+def test_model_price_check_constraint_rejects_bad_row(
+    obs_session: Session, constraint: str, overrides: dict[str, Any]
+) -> None:
+    row = {
+        "model": "constraint-test-model",
+        "provider": "constraint-test",
+        "effective_from": datetime(2030, 1, 1, tzinfo=UTC),
+        "input_usd_per_million": Decimal("1.5"),
+        "output_usd_per_million": Decimal("6"),
+        **overrides,
+    }
+    obs_session.add(ModelPrice(**row))
+    with pytest.raises(IntegrityError) as caught:
+        obs_session.commit()
+    assert_rejected(obs_session, caught.value, constraint, CHECK_VIOLATION)
+
+
 def test_every_check_constraint_has_a_bad_input_case() -> None:
     declared = declared_names().check_constraints - {"schema_migrations_sha256_format"}
-    assert {case[0] for case in ALL_CASES} == declared
+    assert {case[0] for case in ALL_CASES} | {case[0] for case in PRICE_CASES} == declared
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from worker.models.observability import (
     Span,
     Trace,
 )
+from worker.models.prices import ModelPrice
 from worker.models.worker_state import RUN_KINDS, RUN_STATUSES, AggregationRun, WorkerLease
 
 OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
@@ -44,6 +45,7 @@ __all__ = [
     "ChatMessage",
     "DocumentEvent",
     "MetricsAggregate",
+    "ModelPrice",
     "ProviderSyncStatus",
     "Span",
     "Trace",

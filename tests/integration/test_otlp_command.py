@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from worker.otlp.encode import make_request, make_span
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+TOKEN = "command-line-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ingest_command_serves_and_stops(clean_observability: str) -> None:
+    port = free_port()
+    env = {**os.environ, "OBSERVABILITY_INGEST_TOKEN": TOKEN}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "ingest",
+            "--port",
+            str(port),
+            "--database-url",
+            clean_observability,
+        ],  # fmt: skip
+        cwd=ROOT_DIR,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the ingest command did not start"
+            time.sleep(0.1)
+        span = make_span("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "turn",
+                         1_767_225_600_000_000_000, 1_767_225_601_000_000_000)  # fmt: skip
+        body = make_request([span]).SerializeToString()
+        headers = {"content-type": "application/x-protobuf"}
+        assert httpx.post(f"{base}/v1/traces", content=body, headers=headers).status_code == 401
+        headers["authorization"] = f"Bearer {TOKEN}"
+        assert httpx.post(f"{base}/v1/traces", content=body, headers=headers).status_code == 200
+        with psycopg.connect(clean_observability, autocommit=True) as conn:
+            assert conn.execute("select name from observability.traces").fetchall() == [("turn",)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    # SIGTERM: uvicorn shuts down gracefully, then the CLI exits as on Ctrl-C.
+    assert process.returncode == 130, stderr
+    assert "Application shutdown complete" in stderr
+    assert f"http://127.0.0.1:{port}/v1/traces (bearer token required)" in stderr

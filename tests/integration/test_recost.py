@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from worker.cli import main
+from worker.ingest import COST_SOURCE_KEY, write_batch
+from worker.ingest.recost import RecostError, bucket_start, recost
+
+# A model of its own, so that rolled-up rows of other tests never mix with these.
+MODEL = "recost-test-model"
+PROVIDER = "recost-test"
+# Four days back: out of the hourly policy's reach (now - 3 days .. now), so only recost's own
+# refresh can bring the rollups up to date.
+DAY = (datetime.now(UTC) - timedelta(days=4)).replace(hour=0, minute=0, second=0, microsecond=0)
+WEEK = bucket_start(DAY, "week")
+ROLLUPS = ("llm_spans_hourly", "llm_spans_daily", "llm_spans_weekly")
+# (minutes after DAY + 10 h, application cost): 1000 input and 500 output tokens each.
+SPANS = ((15, None), (45, None), (90, None), (150, None), (190, None), (155, Decimal("1")))
+
+
+def refresh(conn: psycopg.Connection, start: datetime, end: datetime) -> None:
+    for rollup in ROLLUPS:
+        conn.execute(
+            "call public.refresh_continuous_aggregate(%s::regclass, %s, %s)",
+            [f"observability.{rollup}", start, end],
+        )
+
+
+def add_price(conn: psycopg.Connection, effective_from: datetime, inp: str, out: str) -> None:
+    conn.execute(
+        "insert into observability.model_prices"
+        " (model, provider, effective_from, input_usd_per_million, output_usd_per_million)"
+        " values (%s, %s, %s, %s, %s)",
+        [MODEL, PROVIDER, effective_from, Decimal(inp), Decimal(out)],
+    )
+
+
+@pytest.fixture
+def db(clean_observability: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(clean_observability, autocommit=True) as conn:
+        add_price(conn, DAY - timedelta(days=30), "1.00", "2.00")
+        spans = [
+            {
+                "trace_id": f"{n + 1:032x}",
+                "span_id": f"{n + 1:016x}",
+                "started_at": DAY + timedelta(hours=10, minutes=minutes),
+                "name": "chat",
+                "span_type": "llm",
+                "provider": PROVIDER,
+                "model": MODEL,
+                "input_tokens": 1000,
+                "output_tokens": 500,
+                "cost_usd": cost,
+            }
+            for n, (minutes, cost) in enumerate(SPANS)
+        ]
+        assert write_batch(conn, spans=spans).written["span"] == len(SPANS)
+        refresh(conn, WEEK, WEEK + timedelta(weeks=1))
+        try:
+            yield conn
+        finally:
+            conn.execute("delete from observability.model_prices where model = %s", [MODEL])
+            conn.execute("delete from observability.spans where model = %s", [MODEL])
+            refresh(conn, WEEK, WEEK + timedelta(weeks=1))
+
+
+def cost_sums(conn: psycopg.Connection) -> dict[tuple[str, datetime], Decimal]:
+    rows = conn.execute(
+        "select granularity, bucket, sum from observability.metrics"
+        " where metric_type = 'llm.cost_usd' and dimension_type = 'model'"
+        " and dimension_value = %s",
+        [MODEL],
+    ).fetchall()
+    return {(g, b): Decimal(str(s)).quantize(Decimal("0.000001")) for g, b, s in rows}
+
+
+def expected(after_noon: str) -> dict[tuple[str, datetime], Decimal]:
+    """Sums per bucket with the computed spans from 12:00 on costing after_noon each."""
+    old, new, app = Decimal("0.002"), Decimal(after_noon), Decimal("1")
+    hour = DAY + timedelta(hours=10)
+    sums = {
+        ("hour", hour): 2 * old,
+        ("hour", hour + timedelta(hours=1)): old,
+        ("hour", hour + timedelta(hours=2)): new + app,
+        ("hour", hour + timedelta(hours=3)): new,
+        ("day", DAY): 3 * old + 2 * new + app,
+        ("week", WEEK): 3 * old + 2 * new + app,
+    }
+    return {k: v.quantize(Decimal("0.000001")) for k, v in sums.items()}
+
+
+def test_rollups_show_the_new_costs_after_a_price_change_and_recost(
+    db: psycopg.Connection,
+) -> None:
+    assert cost_sums(db) == expected("0.002")
+    add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
+    assert cost_sums(db) == expected("0.002"), "materialized rollups keep the old costs"
+
+    result = recost(db, DAY, DAY + timedelta(days=1))
+
+    assert (result.candidates, result.changed) == (5, 2)
+    assert (result.cost_before, result.cost_after) == (Decimal("0.004"), Decimal("0.010"))
+    assert cost_sums(db) == expected("0.005")
+    windows = [(r.rollup, r.start, r.end) for r in result.refreshed]
+    assert windows == [
+        ("observability.llm_spans_hourly", DAY + timedelta(hours=12), DAY + timedelta(hours=14)),
+        ("observability.llm_spans_daily", DAY, DAY + timedelta(days=1)),
+        ("observability.llm_spans_weekly", WEEK, WEEK + timedelta(weeks=1)),
+    ]
+    app = db.execute(
+        "select cost_usd, attributes from observability.spans where cost_usd >= 1"
+    ).fetchone()
+    assert app == (Decimal("1.000000"), {}), "the application's own cost is kept"
+
+
+def test_a_dry_run_changes_nothing(db: psycopg.Connection) -> None:
+    add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
+    result = recost(db, DAY, DAY + timedelta(days=1), dry_run=True)
+    assert (result.changed, result.cost_after, result.refreshed) == (2, Decimal("0.010"), [])
+    assert cost_sums(db) == expected("0.002")
+    costs = db.execute("select sum(cost_usd) from observability.spans").fetchone()
+    assert costs == (Decimal("1.010000"),)
+
+
+def test_the_window_and_the_model_filter_limit_the_recost(db: psycopg.Connection) -> None:
+    add_price(db, DAY - timedelta(days=1), "3.00", "4.00")
+    other = recost(db, DAY, DAY + timedelta(days=1), model="gpt-4o")
+    assert (other.candidates, other.changed, other.refreshed) == (0, 0, [])
+    early = recost(db, DAY, DAY + timedelta(hours=11))  # 10:15 and 10:45 only
+    assert early.changed == 2
+    assert cost_sums(db)[("hour", DAY + timedelta(hours=10))] == Decimal("0.010000")
+    assert cost_sums(db)[("hour", DAY + timedelta(hours=11))] == Decimal("0.002000")
+
+
+def test_a_span_without_a_price_gets_one_when_a_price_is_added(db: psycopg.Connection) -> None:
+    db.execute("delete from observability.model_prices where model = %s", [MODEL])
+    dropped = recost(db, DAY, DAY + timedelta(days=1))
+    assert (dropped.changed, dropped.cost_after) == (5, Decimal(0))
+    marked = db.execute(
+        "select count(*) from observability.spans where attributes ? %s", [COST_SOURCE_KEY]
+    ).fetchone()
+    assert marked == (0,)
+    add_price(db, DAY - timedelta(days=1), "1.00", "2.00")
+    restored = recost(db, DAY, DAY + timedelta(days=1))
+    assert (restored.candidates, restored.changed) == (5, 5)
+    assert cost_sums(db) == expected("0.002")
+
+
+def test_recost_reaches_compressed_chunks(db: psycopg.Connection) -> None:
+    db.execute(
+        "select public.compress_chunk(c, if_not_compressed => true)"
+        " from public.show_chunks('observability.spans') as c"
+    )
+    add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
+    assert recost(db, DAY, DAY + timedelta(days=1)).changed == 2
+    assert cost_sums(db) == expected("0.005")
+
+
+def test_the_command_prints_a_summary(
+    db: psycopg.Connection, capsys: pytest.CaptureFixture[str], clean_observability: str
+) -> None:
+    add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
+    args = [
+        "recost",
+        "--from",
+        DAY.date().isoformat(),
+        "--to",
+        (DAY + timedelta(days=1)).isoformat(),
+    ]
+    assert main([*args, "--dry-run", "--database-url", clean_observability]) == 0
+    out = capsys.readouterr().out
+    assert "cost changed: 2 (total 0.004000 -> 0.010000 USD)" in out
+    assert "dry run: nothing was written" in out
+    assert main([*args, "--model", MODEL, "--database-url", clean_observability]) == 0
+    out = capsys.readouterr().out
+    assert f"model {MODEL}" in out
+    assert "refreshed observability.llm_spans_weekly from" in out
+    assert cost_sums(db) == expected("0.005")
+
+
+def test_recost_refuses_bad_arguments(db: psycopg.Connection, clean_observability: str) -> None:
+    with pytest.raises(RecostError, match="must be after start"):
+        recost(db, DAY, DAY)
+    with pytest.raises(RecostError, match="must carry a time zone"):
+        recost(db, DAY.replace(tzinfo=None), DAY + timedelta(days=1))
+    with (
+        psycopg.connect(clean_observability) as in_transaction,
+        pytest.raises(RecostError, match="autocommit"),
+    ):
+        recost(in_transaction, DAY, DAY + timedelta(days=1))

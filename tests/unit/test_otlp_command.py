@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from worker.cli import build_parser, main
+from worker.commands.ingest import TOKEN_ENV, is_loopback
+
+
+def test_ingest_arguments_and_defaults() -> None:
+    args = build_parser().parse_args(["ingest"])
+    assert (args.host, args.port, args.max_body_bytes) == ("127.0.0.1", 4318, 20 * 1024 * 1024)
+    assert args.token is None and callable(args.handler)
+    args = build_parser().parse_args(["ingest", "--port", "5000", "--max-body-bytes", "1024"])
+    assert (args.port, args.max_body_bytes) == (5000, 1024)
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--max-body-bytes", "0"]])
+def test_ingest_rejects_bad_numbers(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", *argv])
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("ingest.example", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_non_loopback_without_token_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    argv = ["ingest", "--host", "0.0.0.0", "--database-url", "postgresql://nowhere/db"]
+    assert main(argv) == 2
+    assert "refusing to listen on 0.0.0.0 without a bearer token" in caplog.text
+    assert TOKEN_ENV in caplog.text
+
+
+def test_ingest_needs_a_database(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["ingest"]) == 2
+    assert "no database" in caplog.text

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from worker.commands import add_database_url, database_url
+
+if TYPE_CHECKING:
+    from worker.commands import SubParsers
+    from worker.ingest.recost import RecostResult
+
+log = logging.getLogger("worker.recost")
+
+
+def register(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "recost",
+        help="recompute span costs from the model price table and refresh the LLM rollups",
+        description="Price the LLM spans that started in [--from, --to) again from "
+        "observability.model_prices: spans whose cost was computed from the table and spans "
+        "without a cost. Costs the application sent itself are kept. Then refresh the "
+        "llm_spans hourly, daily and weekly rollups over the buckets that changed. Times "
+        "are ISO 8601; without a UTC offset they are UTC.",
+    )
+    parser.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        type=iso_time,
+        metavar="ISO",
+        help="spans started at or after",
+    )
+    parser.add_argument(
+        "--to", dest="end", required=True, type=iso_time, metavar="ISO", help="and before this time"
+    )
+    parser.add_argument("--model", help="only spans of this model (gen_ai.request.model)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="report what would change, write nothing"
+    )
+    add_database_url(parser)
+    parser.set_defaults(handler=run)
+
+
+def iso_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-01 or 2026-11-01T12:00:00+01:00)"
+        ) from None
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
+
+
+def run(args: argparse.Namespace) -> int:
+    from worker.ingest.recost import RecostError, recost
+
+    if args.end <= args.start:
+        log.error("--to (%s) must be after --from (%s)", args.end, args.start)
+        return 2
+    url = database_url(args, log)
+    if not url:
+        return 2
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            result = recost(conn, args.start, args.end, model=args.model, dry_run=args.dry_run)
+    except RecostError as exc:
+        log.error("%s", exc)
+        return 2
+    except psycopg.OperationalError as exc:
+        log.error("cannot reach the database: %s", exc)
+        return 1
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+        log.error("the model price table is not installed (python -m worker migrate): %s", exc)
+        return 1
+    print("\n".join(render(result)))
+    return 0
+
+
+def render(result: RecostResult) -> list[str]:
+    model = f", model {result.model}" if result.model else ""
+    lines = [
+        f"spans from {_time(result.start)} to {_time(result.end)}{model}",
+        f"  priced from the table or without a cost: {result.candidates:,}",
+        f"  cost changed: {result.changed:,}"
+        + (f" (total {result.cost_before} -> {result.cost_after} USD)" if result.changed else ""),
+    ]
+    if result.dry_run:
+        lines.append("dry run: nothing was written and no rollup was refreshed")
+    elif not result.refreshed:
+        lines.append("no cost changed: no rollup refreshed")
+    for refresh in result.refreshed:
+        lines.append(
+            f"refreshed {refresh.rollup} from {_time(refresh.start)} to {_time(refresh.end)}"
+        )
+    return lines
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

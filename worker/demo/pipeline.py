@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from tqdm import tqdm
+
+from worker.aggregation import backfill_metrics
+from worker.aggregation.sync import SyncCounts
+from worker.aggregation.windows import Window, aligned_window, bucket_ceil, bucket_floor
+from worker.demo.workload import MARKER, Batch, Generator, Prices
+from worker.ingest import write_batch
+
+GRANULARITIES = ("hour", "day", "week")
+WRITE_BATCH_ROWS = 4000
+LATE_HOURS = 3
+
+_PRICES = """
+select distinct on (model) model, input_usd_per_million, output_usd_per_million
+from observability.model_prices
+where effective_from <= pg_catalog.now()
+order by model, effective_from desc
+"""
+_EXISTING = f"""
+select pg_catalog.count(*), pg_catalog.min(started_at), pg_catalog.max(started_at),
+  pg_catalog.min((attributes ->> '{MARKER}')::bigint)
+from observability.traces
+where attributes ? '{MARKER}'
+"""
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Existing:
+    traces: int
+    start: datetime  # first hour holding demo traces
+    end: datetime  # the hour after the last one
+    seed: int
+
+
+@dataclass
+class Written:
+    traces: int = 0
+    spans: int = 0
+    chat_messages: int = 0
+    document_events: int = 0
+
+    def add(self, written: dict[str, int]) -> None:
+        self.traces += written.get("trace", 0)
+        self.spans += written.get("span", 0)
+        self.chat_messages += written.get("chat_message", 0)
+        self.document_events += written.get("document_event", 0)
+
+    @property
+    def rows(self) -> int:
+        return self.traces + self.spans + self.chat_messages + self.document_events
+
+
+@dataclass(frozen=True)
+class LateRows:
+    start: datetime
+    end: datetime
+    traces: int
+    metrics_updated: int
+    metrics_created: int
+
+
+def load_prices(conn: psycopg.Connection[Any]) -> Prices:
+    return {model: (Decimal(i), Decimal(o)) for model, i, o in conn.execute(_PRICES).fetchall()}
+
+
+def existing_workload(conn: psycopg.Connection[Any]) -> Existing | None:
+    row = conn.execute(_EXISTING).fetchone()
+    if row is None or not row[0]:
+        return None
+    count, first, last, seed = row
+    return Existing(count, bucket_floor(first, "hour"), bucket_ceil(last, "hour"), int(seed))
+
+
+def write_all(conn: psycopg.Connection[Any], batches: Iterable[Batch]) -> Written:
+    """Write the batches through the bulk writer, about WRITE_BATCH_ROWS rows per transaction."""
+    written = Written()
+    pending = Batch()
+    for batch in batches:
+        pending.traces += batch.traces
+        pending.spans += batch.spans
+        pending.chat_messages += batch.chat_messages
+        pending.document_events += batch.document_events
+        if pending.rows >= WRITE_BATCH_ROWS:
+            _write(conn, pending, written)
+            pending = Batch()
+    if pending.rows:
+        _write(conn, pending, written)
+    return written
+
+
+def _write(conn: psycopg.Connection[Any], batch: Batch, written: Written) -> None:
+    result = write_batch(
+        conn,
+        traces=batch.traces,
+        spans=batch.spans,
+        chat_messages=batch.chat_messages,
+        document_events=batch.document_events,
+    )
+    if result.rejected:
+        first = result.rejected[0]
+        raise DemoError(
+            f"the writer rejected {len(result.rejected)} generated rows, the first "
+            f"({first.kind} #{first.index}) because {first.reason}"
+        )
+    written.add(result.written)
+
+
+def generate(
+    conn: psycopg.Connection[Any],
+    generator: Generator,
+    start: datetime,
+    end: datetime,
+    *,
+    show_progress: bool = True,
+) -> Written:
+    hours = int((end - start) / timedelta(hours=1))
+    with tqdm(total=hours, desc="generating", unit="h", disable=not show_progress) as bar:
+
+        def batches() -> Iterable[Batch]:
+            traces = 0
+            for _, batch in generator.hours(start, end):
+                traces += len(batch.traces)
+                yield batch
+                bar.set_postfix(traces=f"{traces:,}", refresh=False)
+                bar.update()
+
+        return write_all(conn, batches())
+
+
+def sync(
+    url: str,
+    start: datetime,
+    end: datetime,
+    granularities: Iterable[str] = GRANULARITIES,
+    *,
+    label: str = "syncing",
+    show_progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Refresh the rollups and sync metrics_aggregates over [start, end), level by level."""
+    summaries = {}
+    for granularity in granularities:
+        window = aligned_window(granularity, start, end)
+        with tqdm(
+            total=window.buckets,
+            desc=f"{label} {granularity:<4}",
+            unit=granularity[0],
+            disable=not show_progress,
+        ) as bar:
+            summaries[granularity] = backfill_metrics(
+                window.start, window.end, granularity, database_url=url, progress=_bar(bar)
+            )
+    return summaries
+
+
+def _bar(bar: tqdm[Any]) -> Callable[[Window, SyncCounts], None]:
+    def progress(batch: Window, counts: SyncCounts) -> None:
+        bar.set_postfix(created=counts.created, updated=counts.updated)
+        bar.update(batch.buckets)
+
+    return progress
+
+
+def late_rows(
+    conn: psycopg.Connection[Any],
+    url: str,
+    generator: Generator,
+    end: datetime,
+    *,
+    show_progress: bool = True,
+) -> LateRows:
+    """Traces for hours that were already synced, then the hourly sync over them once more."""
+    start = end - timedelta(hours=LATE_HOURS + 1)
+    late_end = end - timedelta(hours=1)
+    traces = max(3, round(generator.traces_per_hour / 2))
+    written = write_all(conn, [generator.late_rows(start, late_end, traces)])
+    summaries = sync(url, start, late_end, label="late rows", show_progress=show_progress)
+    hourly = summaries["hour"]
+    return LateRows(
+        start=start,
+        end=late_end,
+        traces=written.traces,
+        metrics_updated=int(hourly["metrics_updated"]),
+        metrics_created=int(hourly["metrics_created"]),
+    )

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import psycopg
+
+from worker.ingest.items import SPAN
+from worker.ingest.validation import COST_LIMIT
+
+# Spans whose cost the writer (or recost) computed from observability.model_prices carry this
+# attribute; a cost the application sent is never marked, and recost leaves it alone.
+COST_SOURCE_KEY = "observability.cost_source"
+COST_SOURCE_PRICES = "model_prices"
+_MARK = f'"{COST_SOURCE_KEY}":"{COST_SOURCE_PRICES}"'
+MICRO = Decimal("0.000001")
+MILLION = Decimal(1_000_000)
+
+# Ordered as observability.model_price_at chooses: the latest effective_from first, ties by
+# provider. The rule itself lives in SQL (sql/idempotent/006-model-prices.sql); the writer
+# applies it here, in Python, because a per-row lookup in the upsert cost about as much engine
+# time as all of the writer's Python work (tests compare both on the same spans).
+PRICES_SQL = """
+select p.model, p.provider, p.effective_from, p.input_usd_per_million, p.output_usd_per_million
+from observability.model_prices as p
+where p.model = any(%s)
+order by p.effective_from desc, p.provider
+"""
+
+_COLUMNS = {name: i for i, name in enumerate(SPAN.column_names)}
+_MODEL, _PROVIDER = _COLUMNS["model"], _COLUMNS["provider"]
+_STARTED, _COST, _ATTRIBUTES = _COLUMNS["started_at"], _COLUMNS["cost_usd"], _COLUMNS["attributes"]
+_INPUT, _OUTPUT = _COLUMNS["input_tokens"], _COLUMNS["output_tokens"]
+
+
+def _needs_price(row: tuple[Any, ...]) -> bool:
+    return (
+        row[_COST] is None
+        and row[_MODEL] is not None
+        and (row[_INPUT] is not None or row[_OUTPUT] is not None)
+    )
+
+
+def price_spans(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Span rows (in SPAN column order) with cost_usd and the cost mark filled in where the
+    span had no cost, names a model with a price in effect at its start, and has tokens."""
+    models = {row[_MODEL] for row in rows if _needs_price(row)}
+    if not models:
+        return rows
+    prices: dict[str, list[tuple[str, Any, Decimal, Decimal]]] = {}
+    for model, provider, effective_from, inp, out in cur.execute(PRICES_SQL, [list(models)]):
+        prices.setdefault(model, []).append((provider, effective_from, inp, out))
+    if not prices:
+        return rows
+    priced = []
+    for row in rows:
+        candidates = prices.get(row[_MODEL]) if _needs_price(row) else None
+        if candidates:
+            cost = _cost(row, candidates)
+            if cost is not None:
+                row = _with_cost(row, cost)
+        priced.append(row)
+    return priced
+
+
+def _cost(
+    row: tuple[Any, ...], candidates: list[tuple[str, Any, Decimal, Decimal]]
+) -> Decimal | None:
+    started, wanted = row[_STARTED], row[_PROVIDER]
+    for provider, effective_from, inp, out in candidates:
+        if effective_from <= started and (wanted is None or provider == wanted):
+            total = (row[_INPUT] or 0) * inp + (row[_OUTPUT] or 0) * out
+            # round() of PostgreSQL numeric: half away from zero.
+            cost = (total / MILLION).quantize(MICRO, rounding=ROUND_HALF_UP)
+            return cost if cost < COST_LIMIT else None
+    return None
+
+
+def _with_cost(row: tuple[Any, ...], cost: Decimal) -> tuple[Any, ...]:
+    attributes: str = row[_ATTRIBUTES]
+    # Appended to the JSON text; a key given twice keeps its last value in jsonb.
+    marked = "{" + _MARK + "}" if attributes == "{}" else attributes[:-1] + "," + _MARK + "}"
+    values = list(row)
+    values[_COST], values[_ATTRIBUTES] = cost, marked
+    return tuple(values)

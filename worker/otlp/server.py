@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from psycopg_pool import ConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from worker.otlp.body import DEFAULT_MAX_BODY_BYTES, ENCODINGS, TooLarge, read_body
+from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
+from worker.otlp.mapping import map_request
+from worker.otlp.store import store
+
+log = logging.getLogger("worker.otlp")
+
+MAX_LISTED_REASONS = 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    token: str | None = None
+    retry_after_s: int = 5
+    pool_size: int = 4
+    # How long a request waits for a database connection before it is answered 503.
+    pool_timeout_s: float = 5.0
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def create_app(settings: Settings) -> Starlette:
+    pool = ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.pool_size,
+        timeout=settings.pool_timeout_s,
+        kwargs={"connect_timeout": max(1, int(settings.pool_timeout_s))},
+        open=False,
+        name="otlp-ingest",
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Not waiting for the database: the endpoint starts, and answers 503, while it is down.
+        pool.open(wait=False)
+        try:
+            yield
+        finally:
+            pool.close()
+
+    def process(body: bytes, content_type: str) -> ExportTraceServiceResponse:
+        batch = map_request(decode_request(body, content_type))
+        rejected_spans = len(batch.rejected)
+        reasons = list(batch.rejected)
+        if batch.spans or batch.traces:
+            try:
+                with pool.connection() as conn:
+                    refused = store(conn, batch)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise _Unavailable(str(exc)) from exc
+            rejected_spans += sum(1 for r in refused if r.kind == "span")
+            reasons += [r.reason for r in refused]
+        response = ExportTraceServiceResponse()
+        if reasons or batch.warnings:
+            partial = response.partial_success
+            partial.rejected_spans = rejected_spans
+            partial.error_message = _summary(reasons, batch.warnings)
+        if reasons:
+            log.info("%d of the request's items rejected: %s", len(reasons), reasons[0])
+        return response
+
+    async def export(request: Request) -> Response:
+        content_type = _media_type(request.headers.get("content-type", ""))
+        reply = JSON if content_type == JSON else PROTOBUF
+        if settings.token is not None and not _authorized(request, settings.token):
+            return _status(reply, 401, code_pb2.UNAUTHENTICATED, "a valid bearer token is needed")
+        if content_type not in (PROTOBUF, JSON):
+            message = f"Content-Type must be {PROTOBUF} or {JSON}"
+            return _status(JSON, 415, code_pb2.INVALID_ARGUMENT, message)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower() or "identity"
+        if encoding not in ENCODINGS:
+            message = f"Content-Encoding must be one of {', '.join(ENCODINGS)}"
+            return _status(reply, 415, code_pb2.INVALID_ARGUMENT, message)
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return _status(reply, 413, code_pb2.RESOURCE_EXHAUSTED, f"the body exceeds {limit} B")
+        try:
+            body = await read_body(request.stream(), encoding, limit)
+            response = await run_in_threadpool(process, body, content_type)
+        except TooLarge as exc:
+            return _status(reply, 413, code_pb2.RESOURCE_EXHAUSTED, str(exc))
+        except MalformedPayload as exc:
+            return _status(reply, 400, code_pb2.INVALID_ARGUMENT, str(exc))
+        except _Unavailable as exc:
+            log.warning("database unavailable: %s", exc)
+            return _status(
+                reply,
+                503,
+                code_pb2.UNAVAILABLE,
+                "the database is unavailable; retry later",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        except ClientDisconnect:
+            log.info("the client went away before sending the whole body")
+            return Response(status_code=400)
+        except Exception:
+            # Not retryable for the client (OTLP retries only 429, 502, 503 and 504); logged.
+            log.exception("failed to ingest a request")
+            return _status(reply, 500, code_pb2.INTERNAL, "internal error; see the server log")
+        return _message(reply, 200, response)
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    return Starlette(
+        routes=[
+            Route("/v1/traces", export, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _media_type(header: str) -> str:
+    return header.split(";", 1)[0].strip().lower()
+
+
+def _authorized(request: Request, token: str) -> bool:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode(), token.encode()
+    )
+
+
+def _summary(reasons: list[str], warnings: list[str]) -> str:
+    parts = []
+    if reasons:
+        shown = "; ".join(reasons[:MAX_LISTED_REASONS])
+        more = len(reasons) - MAX_LISTED_REASONS
+        tail = f"; and {more} more" if more > 0 else ""
+        parts.append(f"{len(reasons)} rejected: {shown}{tail}")
+    if warnings:
+        parts.append("accepted with changes: " + ", ".join(warnings))
+    return ". ".join(parts)
+
+
+def _message(content_type: str, status: int, message: Message, **kwargs: Any) -> Response:
+    if content_type == JSON:
+        body = json.dumps(json_format.MessageToDict(message)).encode()
+    else:
+        body = message.SerializeToString()
+    return Response(body, status_code=status, media_type=content_type, **kwargs)
+
+
+def _status(content_type: str, status: int, code: int, text: str, **kwargs: Any) -> Response:
+    # OTLP/HTTP: an error response carries a google.rpc.Status in the request's encoding.
+    return _message(content_type, status, status_pb2.Status(code=code, message=text), **kwargs)
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Runs the endpoint in a background thread; yields its base URL (http://host:port)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(create_app(settings), access_log=False, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the OTLP endpoint did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
