@@ -79,6 +79,9 @@ def _start_metrics_server(**_: Any) -> None:
         # Files left by an earlier worker would be merged into this one's numbers.
         shutil.rmtree(multiproc_dir, ignore_errors=True)
         Path(multiproc_dir).mkdir(parents=True, exist_ok=True)
+        from worker.metrics import initialise_series
+
+        initialise_series()
     if settings.metrics_port <= 0:
         return
     from worker.metrics_server import restore_last_successes, serve_metrics

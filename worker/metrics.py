@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from worker.models import GRANULARITIES
 
 # Labels stay bounded: granularity (3 values) and outcome (success, failure, busy). Never ids.
 # Under a prefork Celery worker they live in PROMETHEUS_MULTIPROC_DIR (worker/metrics_server.py).
@@ -24,15 +27,45 @@ LAST_SUCCESS = Gauge(
     multiprocess_mode="max",
 )
 
+TASK_FAILURES = Counter(
+    "observability_aggregation_task_failures",
+    "Aggregation tasks that failed for good (retries exhausted or a bad argument)",
+    ["granularity"],
+)
+
 OUTCOMES = ("success", "failure", "busy")
 
 
-def observe_run(granularity: str, outcome: str, seconds: float, records: int) -> None:
+
+def initialise_series() -> None:
+    """Create every series at 0, so the first failure is an increase that rate() and increase()
+    can see, not a series appearing at 1. In multiprocess mode this writes files into
+    PROMETHEUS_MULTIPROC_DIR, so the worker calls it once it has prepared that directory."""
+    for granularity in GRANULARITIES:
+        for outcome in OUTCOMES:
+            AGGREGATION_DURATION.labels(granularity, outcome)
+        RECORDS_PROCESSED.labels(granularity)
+        TASK_FAILURES.labels(granularity)
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    initialise_series()
+
+
+def observe_run(
+    granularity: str, outcome: str, seconds: float, records: int, *, scheduled: bool
+) -> None:
+    """Record one run. Only scheduled runs move last_success: a backfill of an old range says
+    nothing about whether the schedule keeps metrics_aggregates current."""
     AGGREGATION_DURATION.labels(granularity, outcome).observe(seconds)
     if records:
         RECORDS_PROCESSED.labels(granularity).inc(records)
-    if outcome == "success":
+    if outcome == "success" and scheduled:
         LAST_SUCCESS.labels(granularity).set(time.time())
+
+
+def task_failed(granularity: str) -> None:
+    TASK_FAILURES.labels(granularity).inc()
 
 
 def restore_last_success(granularity: str, unix_time: float) -> None:

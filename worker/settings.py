@@ -27,12 +27,15 @@ class WorkerSettings:
     database_url: str | None
     broker_url: str
     result_backend: str
-    # Redis redelivers a task nobody acknowledged after this long; tasks are acknowledged late
-    # (after they finish), so their time limit must stay below it or they run twice at once.
+    # Redis redelivers a task nobody acknowledged after this long. Tasks are acknowledged late
+    # (after they finish), and a retry waits for its countdown unacknowledged too, so the longest
+    # countdown plus the time limit must stay below it, or a task runs twice at once.
     visibility_timeout: int
     time_limit: int
-    soft_time_limit: int
+    soft_time_limit: float
     max_retries: int
+    # Retry n waits a random time up to min(retry_backoff * 2**n, retry_backoff_max) seconds.
+    retry_backoff: int
     retry_backoff_max: int
     metrics_port: int
     # A lease not renewed for this long is free again: how long a killed worker blocks others.
@@ -46,10 +49,13 @@ class WorkerSettings:
         env = os.environ if env is None else env
         broker = env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
         visibility = int(_number(env, "OBSERVABILITY_VISIBILITY_TIMEOUT", 3600, minimum=5))
-        time_limit = int(_number(env, "OBSERVABILITY_TASK_TIME_LIMIT", visibility * 0.9, minimum=1))
-        if time_limit >= visibility:
+        backoff_max = int(_number(env, "OBSERVABILITY_RETRY_BACKOFF_MAX", 600, 1))
+        default_limit = max(1.0, (visibility - backoff_max) * 0.9)
+        time_limit = int(_number(env, "OBSERVABILITY_TASK_TIME_LIMIT", default_limit, minimum=1))
+        if time_limit + backoff_max >= visibility:
             raise SettingsError(
-                f"OBSERVABILITY_TASK_TIME_LIMIT ({time_limit}s) must be below "
+                f"OBSERVABILITY_TASK_TIME_LIMIT ({time_limit}s) plus "
+                f"OBSERVABILITY_RETRY_BACKOFF_MAX ({backoff_max}s) must be below "
                 f"OBSERVABILITY_VISIBILITY_TIMEOUT ({visibility}s)"
             )
         return cls(
@@ -58,9 +64,10 @@ class WorkerSettings:
             result_backend=env.get("CELERY_RESULT_BACKEND") or broker,
             visibility_timeout=visibility,
             time_limit=time_limit,
-            soft_time_limit=max(5, int(time_limit * 0.9)),
-            max_retries=int(_number(env, "OBSERVABILITY_TASK_MAX_RETRIES", 5)),
-            retry_backoff_max=int(_number(env, "OBSERVABILITY_RETRY_BACKOFF_MAX", 600, 1)),
+            soft_time_limit=time_limit * 0.9,
+            max_retries=int(_number(env, "OBSERVABILITY_TASK_MAX_RETRIES", 8)),
+            retry_backoff=int(_number(env, "OBSERVABILITY_RETRY_BACKOFF", 30, 1)),
+            retry_backoff_max=backoff_max,
             metrics_port=int(_number(env, "WORKER_METRICS_PORT", 9808)),
             lease_ttl=int(_number(env, "OBSERVABILITY_LEASE_TTL", 600, minimum=5)),
             batch_buckets=int(_number(env, "OBSERVABILITY_BATCH_BUCKETS", 0)),

@@ -1,21 +1,42 @@
 from __future__ import annotations
 
+import inspect
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from celery import Task
 
-from worker import aggregation
+from worker import aggregation, metrics
 from worker.celery_app import app, settings
+from worker.models import GRANULARITIES
 from worker.settings import WorkerSettings
 
 # Worth another try later: the database is unreachable, or another run holds the granularity
 # or refreshes the same rollup. Bad arguments (InvalidWindow) fail at once.
 RETRYABLE = (psycopg.OperationalError, aggregation.LeaseBusy, aggregation.ConcurrentRefresh)
+
+
+class AggregationTask(Task):  # type: ignore[misc]
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        # Failed for good: retries exhausted, or an argument no retry can fix.
+        try:
+            arguments = inspect.signature(self.run).bind(*args, **kwargs).arguments
+        except TypeError:
+            return
+        granularity = arguments.get("granularity")
+        if granularity in GRANULARITIES:
+            metrics.task_failed(granularity)
+
+
 _RETRY_OPTIONS: dict[str, Any] = {
+    "base": AggregationTask,
+    "bind": True,
     "acks_late": True,
     "autoretry_for": RETRYABLE,
-    "retry_backoff": True,
+    "retry_backoff": settings.retry_backoff,
     "retry_backoff_max": settings.retry_backoff_max,
     "retry_jitter": True,
     "max_retries": settings.max_retries,
@@ -28,7 +49,7 @@ def _time(value: str | None) -> datetime | None:
 
 @app.task(**_RETRY_OPTIONS)
 def aggregate_observability_metrics(
-    granularity: str, start: str | None = None, end: str | None = None
+    self: Task, granularity: str, start: str | None = None, end: str | None = None
 ) -> dict[str, Any]:
     """Refresh the rollups and sync metrics_aggregates; the default window is the latest
     complete bucket and the one before it. start and end are ISO 8601 with a time zone."""
@@ -37,11 +58,14 @@ def aggregate_observability_metrics(
         _time(start),
         _time(end),
         database_url=WorkerSettings.from_env().database_url,
+        task_id=self.request.id,
     )
 
 
 @app.task(**_RETRY_OPTIONS)
-def backfill_observability_metrics(start: str, end: str, granularity: str) -> dict[str, Any]:
+def backfill_observability_metrics(
+    self: Task, start: str, end: str, granularity: str
+) -> dict[str, Any]:
     """Backfill [start, end), resuming an unfinished backfill of the same range."""
     start_time, end_time = _time(start), _time(end)
     if start_time is None or end_time is None:
@@ -52,4 +76,5 @@ def backfill_observability_metrics(start: str, end: str, granularity: str) -> di
         granularity,
         database_url=WorkerSettings.from_env().database_url,
         resume=True,
+        task_id=self.request.id,
     )

@@ -24,8 +24,9 @@
 --   daily   today is visible, rolled up at query time from the hourly rows since midnight
 --           (at most 25 hours of hourly rows per group).
 --   weekly  the current week is visible, rolled up from at most 8 days of daily rows.
--- So a bucket reads the same at every granularity, complete or not. Consumers that want
--- complete buckets only (the metrics_aggregates sync) compare with the watermark.
+-- So a bucket reads the same at every granularity, complete or not. The metrics_aggregates sync
+-- copies a still-open bucket as it stands when a window reaches into it; the next scheduled
+-- run, which covers the latest complete buckets, rewrites it once it is complete.
 
 create or replace function observability.ensure_refresh_policy
   (target regclass, start_offset interval, end_offset interval, schedule_interval interval)

@@ -22,3 +22,6 @@ comment on table observability.worker_leases is
 comment on index observability.aggregation_runs_pkey is 'A run by its id (the summary run_id).';
 comment on index observability.worker_leases_pkey is
   'One lease per name (aggregation:<granularity>): taking it is an insert on conflict.';
+comment on column observability.worker_leases.task_id is
+  'The Celery task id when a task holds the lease: the same task delivered again (its worker '
+  'died) takes the lease over at once instead of waiting for it to expire.';

@@ -49,6 +49,7 @@ create index aggregation_runs_granularity_started_at_idx
 create table observability.worker_leases
 ( name text not null
 , holder text not null
+, task_id text
 , acquired_at timestamptz not null default pg_catalog.now()
 , expires_at timestamptz not null
 , constraint worker_leases_pkey primary key (name)

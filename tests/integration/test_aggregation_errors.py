@@ -41,7 +41,8 @@ def test_a_window_beyond_raw_retention_is_refused_and_nothing_runs(
     agg_conn: psycopg.Connection,
 ) -> None:
     start = datetime.now(UTC) - timedelta(days=45)
-    with pytest.raises(RangeBeyondRetention, match=r"retention horizon .*T00:00:00\+00:00 \(30 days, whole chunks\)"):
+    expected = r"retention horizon .*T00:00:00\+00:00 \(30 days, whole chunks\)"
+    with pytest.raises(RangeBeyondRetention, match=expected):
         backfill_metrics(start, start + timedelta(days=2), "hour", database_url=agg_conn.info.dsn)
     assert _runs(agg_conn) == 0
 
@@ -165,7 +166,7 @@ def test_backfill_command_gives_up_cleanly_while_another_holds_the_granularity(
             "--granularity", "hour", url=agg_conn.info.dsn,
         )  # fmt: skip
     assert result.returncode == 3, result.stderr
-    assert "another backfill is running" in result.stderr
+    assert "another aggregation run of this granularity is under way" in result.stderr
     assert "aggregation:hour is held by elsewhere:1:x" in result.stderr
     assert _runs(agg_conn) == 0
 

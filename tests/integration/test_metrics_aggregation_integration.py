@@ -178,13 +178,13 @@ def test_beat_schedule_configured_correctly() -> None:
 
 def test_prometheus_metrics_exported(worker: CeleryWorker, agg_conn: psycopg.Connection) -> None:
     before = worker.scrape()
-    start = day_start(7) + 5 * HOUR
+    # a scheduled run, as beat sends it: the latest complete hour and the one before
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     insert_traces(
         agg_conn, place(create_traces_for_aggregation(count=10), start, timedelta(minutes=5))
     )
-    summary = aggregate_task.apply_async(
-        args=("hour", start.isoformat(), (start + HOUR).isoformat())
-    ).get(timeout=180)
+    summary = aggregate_task.apply_async(args=("hour",)).get(timeout=180)
+    assert summary["kind"] == "scheduled"
     samples = worker.scrape()
     name = "observability_aggregation_duration_seconds_count"
     runs = sample(samples, name, granularity="hour", outcome="success") or 0

@@ -22,7 +22,7 @@ HOUR = timedelta(hours=1)
 # Short enough that a killed worker's lease and unacknowledged task come back within the test.
 FAST_RECOVERY = {
     "OBSERVABILITY_VISIBILITY_TIMEOUT": "20",
-    "OBSERVABILITY_TASK_TIME_LIMIT": "18",
+    "OBSERVABILITY_TASK_TIME_LIMIT": "15",
     "OBSERVABILITY_LEASE_TTL": "5",
     "OBSERVABILITY_RETRY_BACKOFF_MAX": "2",
     "OBSERVABILITY_TASK_MAX_RETRIES": "20",
@@ -127,9 +127,10 @@ def test_database_unreachable_retries_then_fails_visibly(
     # the first attempt and two retries, each counted as a failure; no success recorded
     name = "observability_aggregation_duration_seconds_count"
     assert sample(samples, name, granularity="hour", outcome="failure") == 3
-    assert sample(samples, name, granularity="hour", outcome="success") is None
+    assert sample(samples, name, granularity="hour", outcome="success") == 0
     assert sample(samples, "observability_aggregation_last_success", granularity="hour") is None
     assert sample(samples, "observability_database_up") == 0
+    assert sample(samples, "observability_aggregation_task_failures_total", granularity="hour") == 1
     assert log.count("Retry in") == 2
     assert aggregates(agg_conn) == []
 
@@ -251,13 +252,13 @@ def test_a_concurrent_refresh_is_waited_out(
     real_refresh = aggregation_service.refresh_rollups
     attempts = []
 
-    def busy_twice(conn: psycopg.Connection, batch: Any, *, force: bool = False) -> None:
+    def busy_twice(conn: psycopg.Connection, batch: Any, **options: Any) -> None:
         attempts.append(batch)
         if len(attempts) <= 2:
             # TimescaleDB's answer while another session refreshes the same rollup (55P03);
             # the embedded engine runs one statement at a time, so it cannot happen there.
             raise aggregation_service.ConcurrentRefresh("due to a concurrent refresh")
-        real_refresh(conn, batch, force=force)
+        real_refresh(conn, batch, **options)
 
     monkeypatch.setattr(aggregation_service, "refresh_rollups", busy_twice)
     monkeypatch.setattr(aggregation_service.time, "sleep", lambda seconds: None)

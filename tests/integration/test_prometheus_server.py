@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -14,7 +14,7 @@ from urllib.request import urlopen
 import psycopg
 import pytest
 
-from tests.aggregation_support import day_start, insert_traces, place
+from tests.aggregation_support import insert_traces, place
 from tests.celery_support import ROOT, CeleryWorker, free_port
 from tests.factories import create_traces_for_aggregation
 from worker.tasks import aggregate_observability_metrics as aggregate_task
@@ -110,13 +110,12 @@ def _query_until(base: str, query: str, timeout: float = 60) -> list[dict[str, A
 def test_prometheus_scrapes_the_worker(
     prometheus: str, celery_worker: CeleryWorker, agg_conn: psycopg.Connection
 ) -> None:
-    start = day_start(6) + timedelta(hours=9)
+    # a scheduled run (the latest complete hours), the kind whose success the gauge records
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     traces = place(create_traces_for_aggregation(count=6), start, timedelta(minutes=7))
     insert_traces(agg_conn, traces)
     ran_at = time.time()
-    summary = aggregate_task.apply_async(
-        args=("hour", start.isoformat(), (start + timedelta(hours=1)).isoformat())
-    ).get(timeout=180)
+    summary = aggregate_task.apply_async(args=("hour",)).get(timeout=180)
     assert summary["records_processed"] > 0
 
     up = _query_until(prometheus, 'up{job="worker"} == 1')

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -35,9 +36,12 @@ def test_buckets_start_where_time_bucket_starts_them(
     assert bucket_floor(at(moment), granularity) == at(floor)
 
 
-def test_bucket_floor_converts_other_time_zones_to_utc() -> None:
-    paris = datetime(2026, 3, 4, 0, 30, tzinfo=UTC).astimezone()
-    assert bucket_floor(paris, "day") == at("2026-03-04 00:00")
+def test_bucket_floor_works_in_utc_whatever_the_zone_given() -> None:
+    # 00:30 in Paris on the 4th is 23:30 UTC on the 3rd: the UTC day is the 3rd
+    paris = datetime(2026, 3, 4, 0, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    floor = bucket_floor(paris, "day")
+    assert floor == at("2026-03-03 00:00")
+    assert floor.utcoffset() == timedelta(0)
 
 
 def test_window_widens_to_whole_buckets() -> None:
@@ -96,6 +100,8 @@ def test_settings_defaults_keep_time_limits_below_the_visibility_timeout() -> No
     settings = WorkerSettings.from_env({})
     assert settings.broker_url == "redis://127.0.0.1:6379/0"
     assert settings.soft_time_limit < settings.time_limit < settings.visibility_timeout == 3600
+    # a retry's countdown is spent unacknowledged too
+    assert settings.time_limit + settings.retry_backoff_max < settings.visibility_timeout
     assert settings.database_url is None
 
 

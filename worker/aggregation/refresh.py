@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from worker.aggregation.windows import Window
+from worker.aggregation.windows import Window, bucket_ceil
 
 SOURCES = ("traces", "llm_spans", "document_events")
 LEVELS = ("hourly", "daily", "weekly")
@@ -23,17 +24,31 @@ def rollups_for(granularity: str) -> list[str]:
     return [f"observability.{source}_{level}" for level in levels for source in SOURCES]
 
 
-def refresh_rollups(conn: psycopg.Connection[Any], window: Window, *, force: bool = False) -> None:
+def refresh_rollups(
+    conn: psycopg.Connection[Any],
+    window: Window,
+    *,
+    force: bool = False,
+    raw_horizon: datetime | None = None,
+) -> None:
     """CALL refresh_continuous_aggregate over the window for every level up to its granularity.
 
+    The hourly level reads raw rows, so it is refreshed only from raw_horizon on (the oldest
+    hour retention has not touched): refreshing it over dropped raw rows would delete its rows.
+    The daily and weekly levels read the hourly and daily rollups, which are kept.
     conn must be in autocommit mode: the procedure refuses to run inside a transaction block.
     """
     if not conn.autocommit:
         raise ValueError("refresh_continuous_aggregate needs an autocommit connection")
     for rollup in rollups_for(window.granularity):
+        start = window.start
+        if raw_horizon is not None and rollup.endswith("_hourly"):
+            start = max(start, bucket_ceil(raw_horizon, "hour"))
+            if start >= window.end:
+                continue
         statement = sql.SQL("call public.refresh_continuous_aggregate({}, {}, {}{})").format(
             sql.Literal(rollup),
-            sql.Literal(window.start),
+            sql.Literal(start),
             sql.Literal(window.end),
             sql.SQL(", force => true") if force else sql.SQL(""),
         )

@@ -25,12 +25,13 @@ update observability.aggregation_runs
 set status = %(status)s, error = %(error)s, finished_at = pg_catalog.now()
 where id = %(id)s
 """
-# A backfill left unfinished (killed, interrupted, failed) over the same granularity and range.
+# Where the latest backfill of the same granularity and range stopped, when it did not finish
+# (killed, interrupted, failed). A finished latest run means there is nothing to resume.
 _UNFINISHED = """
-select id, done_until from observability.aggregation_runs
+select case when status <> 'succeeded' then done_until end
+from observability.aggregation_runs
 where kind = 'backfill' and granularity = %s and range_start = %s and range_end = %s
-  and status <> 'succeeded'
-order by started_at desc
+order by started_at desc, id desc
 limit 1
 """
 # Runs still marked running whose worker died: nobody holds the granularity's lease any more.
@@ -40,11 +41,16 @@ set status = 'interrupted', error = 'the worker stopped without finishing the ru
   finished_at = pg_catalog.now()
 where r.status = 'running' and r.granularity = %s
 """
+# Scheduled runs only: a backfill of an old range says nothing about the schedule's health.
 _LAST_SUCCESS = """
 select granularity, max(finished_at)
 from observability.aggregation_runs
-where status = 'succeeded'
+where status = 'succeeded' and kind = 'scheduled'
 group by granularity
+"""
+_LAST_SCHEDULED_END = """
+select max(range_end) from observability.aggregation_runs
+where status = 'succeeded' and kind = 'scheduled' and granularity = %s
 """
 
 
@@ -94,7 +100,13 @@ def mark_abandoned(conn: psycopg.Connection[Any], granularity: str) -> None:
 
 def unfinished_backfill(conn: psycopg.Connection[Any], window: Window) -> datetime | None:
     row = conn.execute(_UNFINISHED, [window.granularity, window.start, window.end]).fetchone()
-    return row[1] if row else None
+    return row[0] if row else None
+
+
+def last_scheduled_end(conn: psycopg.Connection[Any], granularity: str) -> datetime | None:
+    """Up to where the last successful scheduled run synced."""
+    row = conn.execute(_LAST_SCHEDULED_END, [granularity]).fetchone()
+    return row[0] if row else None
 
 
 def last_successes(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
@@ -104,7 +116,7 @@ def last_successes(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
 @dataclass(frozen=True)
 class GranularityStatus:
     granularity: str
-    last_success: datetime | None
+    last_success: datetime | None  # of a scheduled run
     last_run_kind: str | None
     last_run_status: str | None
     last_run_started_at: datetime | None
@@ -117,7 +129,7 @@ select g.granularity, s.last_success, r.kind, r.status, r.started_at, r.error, r
 from unnest(array['hour', 'day', 'week']) with ordinality as g (granularity, position)
 left join lateral (
   select max(finished_at) as last_success from observability.aggregation_runs
-  where granularity = g.granularity and status = 'succeeded'
+  where granularity = g.granularity and status = 'succeeded' and kind = 'scheduled'
 ) as s on true
 left join lateral (
   select kind, status, started_at, error, done_until from observability.aggregation_runs

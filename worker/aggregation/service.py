@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from worker.aggregation.leases import LeaseBusy, acquire
 from worker.aggregation.refresh import ConcurrentRefresh, refresh_rollups
 from worker.aggregation.runs import (
     finish_run,
+    last_scheduled_end,
     mark_abandoned,
     record_progress,
     start_run,
@@ -21,6 +23,7 @@ from worker.aggregation.runs import (
 )
 from worker.aggregation.sync import SyncCounts, sync_window
 from worker.aggregation.windows import (
+    BUCKET_WIDTHS,
     InvalidWindow,
     Window,
     aligned_window,
@@ -29,9 +32,13 @@ from worker.aggregation.windows import (
 )
 from worker.settings import WorkerSettings
 
+log = logging.getLogger("worker.aggregation")
+
 Progress = Callable[[Window, SyncCounts], None]
 
 CONNECT_TIMEOUT_SECONDS = 10
+# How far a scheduled run reaches back to where the last successful one stopped.
+CATCH_UP_BUCKETS = {"hour": 7 * 24, "day": 31, "week": 8}
 # Backfills wait out another session's refresh of the same rollup (55P03) this many times,
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
 BACKFILL_REFRESH_RETRIES = 6
@@ -68,22 +75,33 @@ def aggregate_observability_metrics(
     database_url: str | None = None,
     now: datetime | None = None,
     force: bool = False,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     """Refresh the rollups over a window and sync its rows into metrics_aggregates.
 
-    Without start and end the window is the latest complete bucket and the one before it.
-    Raises LeaseBusy when another run of this granularity is under way, and ConcurrentRefresh
-    when another session refreshes the same rollup: both mean "try again later".
+    Without start and end this is the scheduled run: the latest complete bucket and the one
+    before it, reaching further back (up to CATCH_UP_BUCKETS) to where the last successful
+    scheduled run stopped, so runs that failed or never happened leave no hole. Raises LeaseBusy
+    when another run of this granularity is under way, and ConcurrentRefresh when another
+    session refreshes the same rollup: both mean "try again later".
     """
     check_granularity(granularity)
     now = now or datetime.now(UTC)
     if start is None and end is None:
         window = default_window(granularity, now)
-    elif start is None or end is None:
+        return _run("scheduled", window, _url(database_url), now=now, force=force, task_id=task_id)
+    if start is None or end is None:
         raise InvalidWindow("pass both start and end, or neither (the latest complete buckets)")
-    else:
-        window = aligned_window(granularity, start, end)
-    return _run("scheduled", window, _url(database_url), now=now, force=force)
+    window = aligned_window(granularity, start, end)
+    return _run(
+        "backfill",
+        window,
+        _url(database_url),
+        now=now,
+        force=force,
+        requested_start=start,
+        task_id=task_id,
+    )
 
 
 def backfill_metrics(
@@ -97,11 +115,12 @@ def backfill_metrics(
     resume: bool = False,
     wait_seconds: float = 0.0,
     progress: Progress | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     """Walk [start, end) in bounded batches: refresh, sync, record progress after each batch.
 
-    resume continues an unfinished backfill of the same range from where it stopped.
-    wait_seconds is how long to wait for another backfill of this granularity to finish before
+    resume continues the latest backfill of the same range if it did not finish.
+    wait_seconds is how long to wait for another run of this granularity to finish before
     giving up with LeaseBusy.
     """
     window = aligned_window(granularity, start, end)
@@ -115,6 +134,8 @@ def backfill_metrics(
         wait_seconds=wait_seconds,
         progress=progress,
         refresh_retries=BACKFILL_REFRESH_RETRIES,
+        requested_start=start,
+        task_id=task_id,
     )
 
 
@@ -125,21 +146,36 @@ def _url(database_url: str | None) -> str:
     return url
 
 
-def check_retention(conn: psycopg.Connection[Any], window: Window, now: datetime) -> None:
+def raw_horizon(conn: psycopg.Connection[Any], now: datetime) -> datetime | None:
+    """The oldest time whose raw rows retention has not dropped (None without retention)."""
     row = conn.execute(_RETENTION).fetchone()
     retention, chunk = row if row else (None, None)
     if retention is None:
-        return
-    horizon = now - retention
+        return None
+    horizon: datetime = now - retention
     if chunk:
         horizon = _EPOCH + ((horizon - _EPOCH) // chunk) * chunk
-    if window.start < horizon:
+    return horizon
+
+
+def check_retention(
+    requested_start: datetime, horizon: datetime | None, retention_days: int | None = None
+) -> None:
+    if horizon is not None and requested_start < horizon:
+        days = f"{retention_days} days, " if retention_days is not None else ""
         raise RangeBeyondRetention(
-            f"the window starts at {window.start.isoformat()}, before the raw-data retention "
-            f"horizon {horizon.isoformat()} ({retention.days} days, whole chunks): raw rows "
-            "older than that may be dropped, and refreshing the rollups there would delete "
-            "their rows. Start later."
+            f"the window starts at {requested_start.isoformat()}, before the raw-data retention "
+            f"horizon {horizon.isoformat()} ({days}whole chunks): raw rows older than that may "
+            "be dropped, and refreshing the rollups there would delete their rows. Start later."
         )
+
+
+def _catch_up(conn: psycopg.Connection[Any], window: Window) -> Window:
+    last_end = last_scheduled_end(conn, window.granularity)
+    if last_end is None or last_end >= window.start:
+        return window
+    limit = window.end - CATCH_UP_BUCKETS[window.granularity] * BUCKET_WIDTHS[window.granularity]
+    return Window(window.granularity, max(last_end, limit), window.end)
 
 
 def _run(
@@ -153,28 +189,37 @@ def _run(
     wait_seconds: float = 0.0,
     progress: Progress | None = None,
     refresh_retries: int = 0,
+    requested_start: datetime | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     settings = WorkerSettings.from_env()
     counts = SyncCounts()
     outcome = "failure"
+    resume_from = None
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
-            check_retention(conn, window, now)
+            horizon = raw_horizon(conn, now)
+            if requested_start is not None and horizon is not None:
+                check_retention(requested_start, horizon, (now - horizon).days)
             with acquire(
                 conn,
                 f"aggregation:{window.granularity}",
                 timedelta(seconds=settings.lease_ttl),
+                task_id=task_id,
                 wait_seconds=wait_seconds,
             ) as lease:
+                lease.keep_alive(url)
                 mark_abandoned(conn, window.granularity)
+                if kind == "scheduled":
+                    window = _catch_up(conn, window)
                 resume_from = unfinished_backfill(conn, window) if resume else None
                 run = start_run(conn, kind, window, resume_from)
                 try:
                     for batch in Window(
                         window.granularity, resume_from or window.start, window.end
                     ).batches(settings.batch_buckets or None):
-                        _refresh(conn, batch, force, refresh_retries)
+                        _refresh(conn, batch, force, refresh_retries, horizon)
                         counts.add(sync_window(conn, batch))
                         run.buckets += batch.buckets
                         record_progress(conn, run, batch.end, counts)
@@ -194,7 +239,7 @@ def _run(
         raise
     finally:
         duration = time.perf_counter() - started
-        metrics.observe_run(window.granularity, outcome, duration, counts.processed)
+        _observe(window.granularity, outcome, duration, counts.processed, kind == "scheduled")
     return {
         "kind": kind,
         "granularity": window.granularity,
@@ -210,11 +255,26 @@ def _run(
     }
 
 
-def _refresh(conn: psycopg.Connection[Any], batch: Window, force: bool, retries: int) -> None:
+def _observe(granularity: str, outcome: str, seconds: float, records: int, scheduled: bool) -> None:
+    # The work is done (or failed for its own reason); a broken metrics directory must not turn
+    # that into a different error.
+    try:
+        metrics.observe_run(granularity, outcome, seconds, records, scheduled=scheduled)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not record the run's Prometheus metrics: %s", exc)
+
+
+def _refresh(
+    conn: psycopg.Connection[Any],
+    batch: Window,
+    force: bool,
+    retries: int,
+    horizon: datetime | None,
+) -> None:
     pause = 1.0
     for attempt in range(retries + 1):
         try:
-            refresh_rollups(conn, batch, force=force)
+            refresh_rollups(conn, batch, force=force, raw_horizon=horizon)
             return
         except ConcurrentRefresh:
             if attempt == retries:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,6 @@ import psycopg
 from worker.commands import add_database_url, database_url
 
 if TYPE_CHECKING:
-    from worker.aggregation import Window
     from worker.aggregation.sync import SyncCounts
     from worker.commands import SubParsers
 
@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(args, log)
     if not url:
         return 2
+    # Task metrics belong to the worker's /metrics; a backfill run from a shell must not add its
+    # numbers there (nor fail when the worker's directory is missing).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from tqdm import tqdm
 
     from worker.aggregation import (
@@ -78,17 +81,18 @@ def run(args: argparse.Namespace) -> int:
         LeaseBusy,
         backfill_metrics,
     )
-    from worker.aggregation.windows import aligned_window
+    from worker.aggregation.windows import Window, aligned_window
 
     try:
-        total = aligned_window(args.granularity, args.start, args.end).buckets
+        window = aligned_window(args.granularity, args.start, args.end)
     except InvalidWindow as exc:
         log.error("%s", exc)
         return 2
-    with tqdm(total=total, unit="bucket", desc=f"backfill {args.granularity}") as bar:
+    with tqdm(total=window.buckets, unit="bucket", desc=f"backfill {args.granularity}") as bar:
 
         def progress(batch: Window, counts: SyncCounts) -> None:
-            bar.update(batch.buckets)
+            # by position rather than by increments, so a resumed backfill starts part-way
+            bar.update(Window(window.granularity, window.start, batch.end).buckets - bar.n)
             bar.set_postfix(created=counts.created, updated=counts.updated)
 
         try:
@@ -105,8 +109,15 @@ def run(args: argparse.Namespace) -> int:
         except InvalidWindow as exc:
             log.error("%s", exc)
             return 2
-        except (LeaseBusy, ConcurrentRefresh) as exc:
-            log.error("another backfill is running (%s); try again later or pass --wait", exc)
+        except LeaseBusy as exc:
+            log.error(
+                "another aggregation run of this granularity is under way (%s); try again "
+                "later or pass --wait",
+                exc,
+            )
+            return EXIT_BUSY
+        except ConcurrentRefresh as exc:
+            log.error("the database kept refreshing the same rollup (%s); try again later", exc)
             return EXIT_BUSY
         except psycopg.OperationalError as exc:
             log.error("cannot reach the database: %s", exc)

@@ -38,5 +38,6 @@ class WorkerLease(Base):
 
     name: Mapped[str] = mapped_column(primary_key=True)
     holder: Mapped[str]
+    task_id: Mapped[str | None]
     acquired_at: Mapped[datetime] = mapped_column(server_default=func.now())
     expires_at: Mapped[datetime]
