@@ -36,7 +36,6 @@ TASK_FAILURES = Counter(
 OUTCOMES = ("success", "failure", "busy")
 
 
-
 def initialise_series() -> None:
     """Create every series at 0, so the first failure is an increase that rate() and increase()
     can see, not a series appearing at 1. In multiprocess mode this writes files into
