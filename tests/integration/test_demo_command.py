@@ -11,6 +11,7 @@ from worker.demo.workload import MODELS, OPERATIONS
 from worker.engine import EmbeddedEngine
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -22,10 +23,21 @@ def run_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_make_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`make demo`, the README's command, with a small workload."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "demo", f"DEMO_ARGS={' '.join(map(str, args))}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
 def test_demo_generates_aggregates_reports_then_reuses_its_data(tmp_path: Path) -> None:
     data_dir, out = tmp_path / "engine-data", tmp_path / "out"
     options = ["--data-dir", data_dir, "--out", out, "--traces-per-hour", "4", "--seed", "5"]
-    first = run_demo(*options)
+    first = run_make_demo(*options)
     assert first.returncode == 0, first.stderr
     summary = first.stdout
     assert "applied 001-timescaledb.sql" in summary
