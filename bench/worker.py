@@ -1,10 +1,6 @@
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -12,7 +8,6 @@ import psycopg
 from bench.common import (
     GroupResult,
     Options,
-    describe_url,
     fmt_rate,
     fmt_ratio,
     fmt_seconds,
@@ -21,12 +16,11 @@ from bench.common import (
     server_info,
     timed,
 )
-from bench.rollups import pause_jobs
+from bench.rollups import database, pause_jobs
 from bench.rollups_workload import FULL_TRACES, HISTORY, SPANS_PER_TRACE, Slice, generate
 from worker.aggregation import backfill_metrics
 from worker.aggregation.sync import sync_window
 from worker.aggregation.windows import Window, bucket_ceil
-from worker.engine import EmbeddedEngine
 from worker.schema import install
 
 Connection = psycopg.Connection[Any]
@@ -43,18 +37,6 @@ where granularity = %(granularity)s and bucket >= %(start)s and bucket < %(end)s
 
 def configure(scale: float) -> None:
     _settings["scale"] = scale
-
-
-@contextmanager
-def database(opts: Options) -> Iterator[tuple[str, dict[str, Any]]]:
-    if opts.database_url is not None:
-        yield opts.database_url, {"kind": "database_url", **describe_url(opts.database_url)}
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
-        EmbeddedEngine(data_dir=Path(tmp) / "data") as engine,
-    ):
-        yield engine.url, {"kind": "embedded", "storage": "disk"}
 
 
 def measure(conn: Connection, url: str, scale: float) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def test_a_bad_date_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["recost", "--from", "last tuesday", "--to", "2026-11-02"])
     assert exited.value.code == 2
-    assert "not an ISO 8601 time: 'last tuesday'" in capsys.readouterr().err
+    assert "not an ISO 8601 date or time: 'last tuesday'" in capsys.readouterr().err
 
 
 def test_the_end_must_come_after_the_start(caplog: pytest.LogCaptureFixture) -> None:

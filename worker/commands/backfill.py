@@ -4,12 +4,11 @@ import argparse
 import json
 import logging
 import os
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from worker.commands import add_database_url, database_url
+from worker.commands import add_database_url, database_url, iso_time
 
 if TYPE_CHECKING:
     from worker.aggregation.sync import SyncCounts
@@ -31,8 +30,8 @@ def register(subparsers: SubParsers) -> None:
         "granularity runs at a time: another one waits up to --wait seconds, then gives up.",
     )
     add_database_url(backfill)
-    backfill.add_argument("--from", dest="start", required=True, type=_timestamp)
-    backfill.add_argument("--to", dest="end", required=True, type=_timestamp)
+    backfill.add_argument("--from", dest="start", required=True, type=iso_time)
+    backfill.add_argument("--to", dest="end", required=True, type=iso_time)
     backfill.add_argument(
         "--granularity", required=True, help="hour, day or week (bucket size synced)"
     )
@@ -53,17 +52,6 @@ def register(subparsers: SubParsers) -> None:
     )
     backfill.add_argument("--json", action="store_true", help="print the summary as JSON")
     backfill.set_defaults(handler=run)
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 date or time: {text!r} (for example 2026-01-31 or 2026-01-31T12:00Z)"
-        ) from None
-    # A bare date or a time without offset means UTC, as the buckets do.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from worker.commands import add_database_url, database_url
+from worker.commands import add_database_url, database_url, iso_time
 
 if TYPE_CHECKING:
     from worker.commands import SubParsers
@@ -43,16 +43,6 @@ def register(subparsers: SubParsers) -> None:
     )
     add_database_url(parser)
     parser.set_defaults(handler=run)
-
-
-def iso_time(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-01 or 2026-11-01T12:00:00+01:00)"
-        ) from None
-    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
 
 
 def run(args: argparse.Namespace) -> int:
