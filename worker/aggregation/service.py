@@ -43,11 +43,12 @@ CATCH_UP_BUCKETS = {"hour": 7 * 24, "day": 31, "week": 8}
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
 BACKFILL_REFRESH_RETRIES = 6
 
-# The shortest raw-data retention and the widest raw chunk: retention drops whole chunks whose
-# end is older than now - drop_after, so the chunk holding that horizon is still complete.
+# The shortest raw-data retention and the narrowest raw chunk: retention drops whole chunks
+# whose end is older than now - drop_after, so the chunk holding that horizon is still complete.
+# Either extreme errs on the side of a later horizon when the tables differ.
 _RETENTION = """
 select pg_catalog.min((j.config ->> 'drop_after')::interval),
-  (select pg_catalog.max(d.time_interval) from timescaledb_information.dimensions as d
+  (select pg_catalog.min(d.time_interval) from timescaledb_information.dimensions as d
     where d.hypertable_schema = 'observability'
       and d.hypertable_name in ('traces', 'spans', 'document_events'))
 from timescaledb_information.jobs as j
