@@ -30,22 +30,31 @@ def frontend(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("!i", len(body) + 4) + body
 
 
-def read_messages_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
-    messages: list[tuple[bytes, bytes]] = []
-    buffer = b""
-    while True:
-        while len(buffer) >= 5:
-            length = struct.unpack("!i", buffer[1:5])[0]
-            if len(buffer) < length + 1:
-                break
-            messages.append((buffer[:1], buffer[5 : length + 1]))
-            buffer = buffer[length + 1 :]
-            if messages[-1][0] == b"Z":
-                return messages
-        chunk = sock.recv(65536)
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
         if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_messages_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    """Backend messages up to and including ReadyForQuery. Reads message by message, never
+    past the ReadyForQuery, so a reply that arrived in the same segment waits for the next call."""
+    messages: list[tuple[bytes, bytes]] = []
+    while True:
+        header = _recv_exact(sock, 5)
+        if header is None:
             return messages
-        buffer += chunk
+        length = struct.unpack("!i", header[1:5])[0]
+        body = _recv_exact(sock, length - 4)
+        if body is None:
+            return messages
+        messages.append((header[:1], body))
+        if header[:1] == b"Z":
+            return messages
 
 
 def send_trickle(sock: socket.socket, data: bytes) -> None:
