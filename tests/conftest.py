@@ -13,7 +13,7 @@ from worker.engine import default_engine_dir
 _BACKEND = pytest.StashKey[str]()
 _ENGINE_LOG = pytest.StashKey[Path]()
 _DESCRIPTIONS = {
-    "env": "DATABASE_URL from the environment",
+    "env": "TEST_DATABASE_URL from the environment",
     "testcontainers": f"Docker container {TIMESCALE_IMAGE}",
     "embedded": "embedded engine ({engine_dir}), in memory",
 }
@@ -23,6 +23,12 @@ def _backend(config: pytest.Config) -> str:
     if _BACKEND not in config.stash:
         config.stash[_BACKEND] = select_backend(os.environ)
     return config.stash[_BACKEND]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Code under test falls back to DATABASE_URL when given no URL; in a shell set up for a real
+    # database, that fallback must not reach it. Tests that need the variable set it themselves.
+    os.environ.pop("DATABASE_URL", None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -14,6 +14,9 @@ from worker.engine import EmbeddedEngine
 
 TIMESCALE_IMAGE = "timescale/timescaledb-ha:pg17"
 BACKEND_ENV = "OBS_TEST_BACKEND"
+# Not DATABASE_URL, which points the worker at a real (maybe production) database: the suite
+# empties tables and drops the schema of the database it is given.
+URL_ENV = "TEST_DATABASE_URL"
 BACKENDS = ("env", "testcontainers", "embedded")
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,11 @@ def docker_available(timeout: float = 3.0) -> bool:
 
 
 def select_backend(env: Mapping[str, str], docker_ok: Callable[[], bool] = docker_available) -> str:
-    """Pick where the test database comes from: DATABASE_URL, then Docker, then embedded.
+    """Pick where the test database comes from: TEST_DATABASE_URL, then Docker, then embedded.
 
-    OBS_TEST_BACKEND=testcontainers|embedded forces a choice when DATABASE_URL is unset.
+    OBS_TEST_BACKEND=testcontainers|embedded forces a choice when TEST_DATABASE_URL is unset.
     """
-    if env.get("DATABASE_URL"):
+    if env.get(URL_ENV):
         return "env"
     forced = env.get(BACKEND_ENV, "").strip().lower()
     if forced:
@@ -91,7 +94,7 @@ def open_database(
 ) -> Iterator[Database]:
     env = os.environ if env is None else env
     if backend == "env":
-        yield Database("env", env["DATABASE_URL"])
+        yield Database("env", env[URL_ENV])
     elif backend == "testcontainers":
         with _testcontainers_url() as url:
             yield Database("testcontainers", url)

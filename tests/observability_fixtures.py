@@ -29,7 +29,7 @@ __all__ = [
 def migrated_database_url(database_url: str) -> str:
     migrate(database_url)
     with psycopg.connect(database_url, autocommit=True, **CONNECT_ARGS) as connection:
-        truncate_observability(connection)  # leftovers of an earlier run on DATABASE_URL
+        truncate_observability(connection)  # leftovers of an earlier run on TEST_DATABASE_URL
     return database_url
 
 

@@ -191,3 +191,31 @@ def test_a_missing_metrics_directory_does_not_fail_the_backfill_command(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "backfilled 1 hour buckets" in result.stdout
+
+
+def test_open_buckets_are_synced_but_never_materialized(agg_conn: psycopg.Connection) -> None:
+    now = datetime.now(UTC)
+    today = day_start(0)
+    _traces(agg_conn, now - timedelta(minutes=2), 1, HOUR)
+    summary = backfill_metrics(
+        today - timedelta(days=1), now, "day", database_url=agg_conn.info.dsn
+    )
+    assert summary["window"]["end"] == (today + timedelta(days=1)).isoformat()
+    assert _overall_counts(agg_conn, "day")[today] == 1  # today as it stands, synced
+    materialized_up_to_today = agg_conn.execute(
+        "select _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(h.id))"
+        " <= %s from _timescaledb_catalog.hypertable as h"
+        " join timescaledb_information.continuous_aggregates as c"
+        "   on c.materialization_hypertable_name = h.table_name"
+        " where c.view_name = 'traces_daily'",
+        [today],
+    ).fetchone()
+    assert materialized_up_to_today == (True,)
+    # so today's later rows still reach the daily rollup, through real-time aggregation
+    _traces(agg_conn, now - timedelta(minutes=1), 1, HOUR)
+    row = agg_conn.execute(
+        "select count from observability.metrics where granularity = 'day' and bucket = %s"
+        " and metric_type = 'trace.duration_ms' and dimension_type = 'overall'",
+        [today],
+    ).fetchone()
+    assert row == (2,)

@@ -17,8 +17,15 @@ def _docker(answer: bool):
 
 def test_database_url_wins_without_asking_docker() -> None:
     ping, calls = _docker(True)
-    assert select_backend({"DATABASE_URL": "postgresql://x/y"}, ping) == "env"
+    assert select_backend({"TEST_DATABASE_URL": "postgresql://x/y"}, ping) == "env"
     assert calls == []
+
+
+def test_the_workers_database_url_is_never_used_for_tests() -> None:
+    # DATABASE_URL is what the worker and CLI use, often a real database: the suite would empty
+    # its tables and drop its schema.
+    ping, _ = _docker(False)
+    assert select_backend({"DATABASE_URL": "postgresql://prod/observability"}, ping) == "embedded"
 
 
 @pytest.mark.parametrize(("docker_up", "expected"), [(True, "testcontainers"), (False, "embedded")])

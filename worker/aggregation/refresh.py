@@ -6,11 +6,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from worker.aggregation.windows import Window, bucket_ceil
+from worker.aggregation.windows import Window, bucket_ceil, bucket_floor
 
 SOURCES = ("traces", "llm_spans", "document_events")
 LEVELS = ("hourly", "daily", "weekly")
 _LEVEL_OF = {"hour": 1, "day": 2, "week": 3}
+_GRANULARITY_OF = {"hourly": "hour", "daily": "day", "weekly": "week"}
 
 
 class ConcurrentRefresh(RuntimeError):
@@ -30,8 +31,14 @@ def refresh_rollups(
     *,
     force: bool = False,
     raw_horizon: datetime | None = None,
+    now: datetime | None = None,
 ) -> None:
     """CALL refresh_continuous_aggregate over the window for every level up to its granularity.
+
+    Each level is refreshed only up to its last complete bucket before now. Materializing a
+    bucket that is still open would move the watermark past it, and its later rows would stay
+    out of the rollup (real-time aggregation reads only beyond the watermark) until a policy
+    refreshed it again: up to a day for the daily level, a week for the weekly one.
 
     The hourly level reads raw rows, so it is refreshed only from raw_horizon on (the oldest
     hour retention has not touched): refreshing it over dropped raw rows would delete its rows.
@@ -41,15 +48,18 @@ def refresh_rollups(
     if not conn.autocommit:
         raise ValueError("refresh_continuous_aggregate needs an autocommit connection")
     for rollup in rollups_for(window.granularity):
-        start = window.start
-        if raw_horizon is not None and rollup.endswith("_hourly"):
+        level = _GRANULARITY_OF[rollup.rpartition("_")[2]]
+        start, end = window.start, window.end
+        if raw_horizon is not None and level == "hour":
             start = max(start, bucket_ceil(raw_horizon, "hour"))
-            if start >= window.end:
-                continue
+        if now is not None:
+            end = min(end, bucket_floor(now, level))
+        if start >= end:
+            continue
         statement = sql.SQL("call public.refresh_continuous_aggregate({}, {}, {}{})").format(
             sql.Literal(rollup),
             sql.Literal(start),
-            sql.Literal(window.end),
+            sql.Literal(end),
             sql.SQL(", force => true") if force else sql.SQL(""),
         )
         try:

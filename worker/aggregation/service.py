@@ -220,7 +220,7 @@ def _run(
                     for batch in Window(
                         window.granularity, resume_from or window.start, window.end
                     ).batches(settings.batch_buckets or None):
-                        _refresh(conn, batch, force, refresh_retries, horizon)
+                        _refresh(conn, batch, force, refresh_retries, horizon, now)
                         counts.add(sync_window(conn, batch))
                         run.buckets += batch.buckets
                         record_progress(conn, run, batch.end, counts)
@@ -271,11 +271,12 @@ def _refresh(
     force: bool,
     retries: int,
     horizon: datetime | None,
+    now: datetime,
 ) -> None:
     pause = 1.0
     for attempt in range(retries + 1):
         try:
-            refresh_rollups(conn, batch, force=force, raw_horizon=horizon)
+            refresh_rollups(conn, batch, force=force, raw_horizon=horizon, now=now)
             return
         except ConcurrentRefresh:
             if attempt == retries:
