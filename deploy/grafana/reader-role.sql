@@ -19,6 +19,18 @@ select pg_catalog.format('alter role %I set default_transaction_read_only = on',
 select pg_catalog.format('alter role %I set statement_timeout = %L', :'reader_user', '60s')
 \gexec
 
+-- default_transaction_read_only is only a default, which the role may switch off in its own
+-- session. It holds no write privilege on any table, and these revokes leave it nothing else
+-- to create: no temporary tables (TEMPORARY comes from PUBLIC, so it is revoked there; the
+-- database owner and superusers keep it, any other writer role needs an explicit grant) and no
+-- large objects.
+select pg_catalog.format('revoke temporary on database %I from public, %I',
+  pg_catalog.current_database(), :'reader_user')
+\gexec
+revoke execute on function pg_catalog.lo_create(oid), pg_catalog.lo_creat(integer),
+  pg_catalog.lo_from_bytea(oid, bytea), pg_catalog.lo_import(text),
+  pg_catalog.lo_import(text, oid) from public;
+
 select pg_catalog.format('grant usage on schema observability to %I', :'reader_user')
 \gexec
 select pg_catalog.format('grant select on all tables in schema observability to %I',

@@ -5,7 +5,7 @@ import random
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -24,13 +24,15 @@ from tests.factories import (
 )
 from tests.rollup_support import (
     clean_window,
+    connect,
     insert_rows,
     monday_window,
     refresh_all,
     rollup_conn,
     rows_as_dicts,
 )
-from worker.migrate import libpq_url
+from worker.engine import EmbeddedEngine
+from worker.migrate import libpq_url, migrate
 
 __all__ = ["rollup_conn"]
 
@@ -40,17 +42,21 @@ DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/datasources.yml"
 READER_SQL = ROOT / "deploy/grafana/reader-role.sql"
 SQL_TYPE = "grafana-postgresql-datasource"
 
-# Demo data lives on one day of a week the rollup tests do not use; panels are queried for
-# an 8-hour range of that day (hourly buckets) and for the whole week (day and week buckets).
+# Demo data lives on one day of a week the rollup tests do not use, from 09:00 to 15:00.
+# Panels are queried for an 8-hour range of that day (hourly buckets), and day and week
+# buckets for a 24-hour range from noon: it starts inside the day and the week buckets holding
+# the data, which must still show.
 WINDOW = monday_window(days_ago=7, weeks=1)
 DAY = WINDOW.at(days=2)
+NOON_TO_NOON = TimeRange(DAY + timedelta(hours=12), DAY + timedelta(hours=36), timedelta(hours=1))
 SETTINGS = {
     "hour": TimeRange(DAY + timedelta(hours=8), DAY + timedelta(hours=16), timedelta(hours=1)),
-    "day": TimeRange(WINDOW.start, WINDOW.end, timedelta(days=1)),
-    "week": TimeRange(WINDOW.start, WINDOW.end, timedelta(days=1)),
+    "day": NOON_TO_NOON,
+    "week": NOON_TO_NOON,
 }
 MODELS = ["gpt-4", "gpt-3.5-turbo", "claude-3"]
 STEPS = ("parse", "chunk", "embed", "index")
+HOUR = timedelta(hours=1)
 # Columns every panel query returns, by dashboard file and panel title. Time series start with
 # "time". A new panel needs an entry here.
 COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -86,13 +92,19 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
         "rollup", "granularity", "watermark", "lag_seconds", "last_run_status",
         "last_successful_finish", "next_start", "total_runs", "total_failures",
     ),
-    ("pipeline-health", "Aggregation worker runs"):
-        ("granularity", "last_success", "last_status", "failed_runs", "buckets_synced"),
+    ("pipeline-health", "Aggregation worker runs"): (
+        "granularity", "last_scheduled_success", "latest_run_kind", "latest_run_status",
+        "latest_run_started", "failed_runs", "buckets_synced",
+    ),
     ("pipeline-health", "Synced metrics_aggregates"):
         ("granularity", "rows", "newest_bucket", "last_updated"),
 }  # fmt: skip
 # Empty until the database's own policy jobs have run, which the test does not wait for.
 MAY_BE_NULL = {"last_run_status", "last_successful_finish", "next_start"}
+COUNT_COLUMNS = {
+    "traces", "calls", "tokens", "input_tokens", "output_tokens", "events", "errors", "rows",
+    "failed_runs", "buckets_synced", "total_runs", "total_failures", "refresh_failures",
+}  # fmt: skip
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -167,6 +179,76 @@ def test_dashboard_uids_and_titles_are_unique() -> None:
     )
 
 
+def expected_units(column: str) -> set[str] | None:
+    """The Grafana units a column of this name must be shown in (None: not checked)."""
+    if column.endswith("_ms"):
+        return {"ms"}
+    if "cost" in column:
+        return {"currencyUSD"}
+    if column.endswith("rate"):
+        return {"percentunit"}  # the views give rates as fractions
+    if column.endswith("_seconds"):
+        return {"s"}
+    if column in COUNT_COLUMNS:
+        return {"none", "short"}
+    return None
+
+
+def field_unit(panel: dict[str, Any], column: str) -> str | None:
+    """The unit Grafana applies to a field: a by-name override, else the panel default."""
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"] == {"id": "byName", "options": column}:
+            for prop in override["properties"]:
+                if prop["id"] == "unit":
+                    return str(prop["value"])
+    return panel["fieldConfig"]["defaults"].get("unit")
+
+
+@pytest.mark.parametrize(("stem", "dashboard", "panel", "target"), PANELS, ids=PANEL_IDS)
+def test_every_latency_cost_rate_and_count_field_has_its_unit(
+    stem: str, dashboard: dict[str, Any], panel: dict[str, Any], target: dict[str, Any]
+) -> None:
+    wrong = {
+        column: field_unit(panel, column)
+        for column in COLUMNS[(stem, panel["title"])]
+        if (units := expected_units(column)) is not None and field_unit(panel, column) not in units
+    }
+    assert not wrong, f"{stem}:{panel['title']}: fields without their unit: {wrong}"
+
+
+def test_worker_up_panel_reads_down_when_the_worker_has_no_target(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (Debian package prometheus)")
+    panel = next(
+        p for p in load(ROOT / "dashboards/pipeline-health.json")["panels"]
+        if p["title"] == "Worker up"
+    )  # fmt: skip
+    expr = next(t["expr"] for t in panel["targets"] if 'up{job="worker"}' in t["expr"])
+    cases = [
+        ('up{job="worker",instance="worker:9808"}', "1x10", 1),
+        ('up{job="worker",instance="worker:9808"}', "0x10", 0),
+        # the container is gone: DNS discovery finds no target, so no up series for the job
+        ('up{job="prometheus",instance="localhost:9090"}', "1x10", 0),
+    ]
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [{"series": series, "values": values}],
+            "promql_expr_test": [
+                {"expr": expr, "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": value}]}
+            ],
+        }
+        for series, values, value in cases
+    ]
+    test_file = tmp_path / "panel_test.yml"
+    test_file.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    mappings = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert mappings["0"]["text"] == "down" and mappings["1"]["text"] == "up"
+
+
 def test_prometheus_queries_parse(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -194,9 +276,8 @@ def _placed(rows: list[dict[str, Any]], column: str, start: datetime, step: time
             row["ended_at"] += shift
 
 
-@pytest.fixture(scope="module")
-def demo(rollup_conn: psycopg.Connection) -> Iterator[None]:
-    clean_window(rollup_conn, WINDOW)
+def load_demo(conn: psycopg.Connection) -> list[int]:
+    """Write the demo rows, refresh the rollups; the ids of the aggregation runs it added."""
     random.seed(7)
     start, six_hours = DAY + timedelta(hours=9), timedelta(hours=6)
     traces = []
@@ -231,12 +312,12 @@ def demo(rollup_conn: psycopg.Connection) -> Iterator[None]:
         create_metrics_aggregate(bucket_time=DAY + timedelta(hours=h), granularity="hour")
         for h in range(9, 15)
     ] + [create_metrics_aggregate(bucket_time=DAY, granularity="day")]
-    insert_rows(rollup_conn, "observability.traces", traces + failed)
-    insert_rows(rollup_conn, "observability.spans", spans)
-    insert_rows(rollup_conn, "observability.document_events", events)
-    insert_rows(rollup_conn, "observability.metrics_aggregates", aggregates)
+    insert_rows(conn, "observability.traces", traces + failed)
+    insert_rows(conn, "observability.spans", spans)
+    insert_rows(conn, "observability.document_events", events)
+    insert_rows(conn, "observability.metrics_aggregates", aggregates)
     runs = [
-        rollup_conn.execute(
+        conn.execute(
             "insert into observability.aggregation_runs (kind, granularity, range_start,"
             " range_end, done_until, status, buckets, started_at, finished_at)"
             " values ('scheduled', %s, %s, %s, %s, %s, 1, %s, %s) returning id",
@@ -246,7 +327,14 @@ def demo(rollup_conn: psycopg.Connection) -> Iterator[None]:
         for granularity, status, hour in
         (("hour", "succeeded", 10), ("hour", "failed", 11), ("day", "succeeded", 12))
     ]  # fmt: skip
-    refresh_all(rollup_conn, WINDOW)
+    refresh_all(conn, WINDOW)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def demo(rollup_conn: psycopg.Connection) -> Iterator[None]:
+    clean_window(rollup_conn, WINDOW)
+    runs = load_demo(rollup_conn)
     yield
     rollup_conn.execute("delete from observability.aggregation_runs where id = any(%s)", [runs])
     rollup_conn.execute(
@@ -289,51 +377,108 @@ def test_model_variable_query_lists_the_models(rollup_conn: psycopg.Connection, 
     assert [row[0] for row in rollup_conn.execute(sql.encode())] == sorted(MODELS)
 
 
-@pytest.fixture
-def reader_role(rollup_conn: psycopg.Connection, migrated_database_url: str) -> Iterator[str]:
+def test_worker_runs_panel_separates_scheduled_successes_from_the_latest_run(
+    rollup_conn: psycopg.Connection, demo: None
+) -> None:
+    dashboard = load(ROOT / "dashboards/pipeline-health.json")
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Aggregation worker runs"]
+    base = datetime(2100, 1, 4, tzinfo=UTC)  # after any run another test may have recorded
+    runs = [
+        ("scheduled", "succeeded", 0),
+        ("scheduled", "failed", 1),
+        ("backfill", "interrupted", 2),
+        ("backfill", "succeeded", 3),  # the newest success is a backfill
+    ]
+    sql = expand(panel["targets"][0]["rawSql"], TimeRange(base, base + timedelta(days=1), HOUR))
+    with rollup_conn.transaction(force_rollback=True):
+        for kind, status, hour in runs:
+            rollup_conn.execute(
+                "insert into observability.aggregation_runs (kind, granularity, range_start,"
+                " range_end, done_until, status, buckets, started_at, finished_at)"
+                " values (%s, 'hour', %s, %s, %s, %s, 1, %s, %s)",
+                [kind, base, base + HOUR, base + HOUR, status, base + hour * HOUR,
+                 base + hour * HOUR + timedelta(minutes=1)],
+            )  # fmt: skip
+        rows = {r["granularity"]: r for r in rows_as_dicts(rollup_conn.execute(sql.encode()))}
+    hour = rows["hour"]
+    assert hour["last_scheduled_success"] == base + timedelta(minutes=1)
+    latest = (hour["latest_run_kind"], hour["latest_run_status"], hour["latest_run_started"])
+    assert latest == ("backfill", "succeeded", base + 3 * HOUR)
+    assert hour["failed_runs"] == 2  # the failed and the interrupted one
+    assert hour["buckets_synced"] == 4
+
+
+@pytest.fixture(scope="module")
+def reader_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A database of its own with the demo rows and the read-only role, as (superuser conn, role).
+
+    The script revokes privileges from PUBLIC database-wide, so it gets a database of its own.
+    On the engine's first start from a new data directory, GRANT and REVOKE on the database fail
+    ("tuple concurrently deleted"); from the second start on they work, so it starts twice.
+    """
     psql = shutil.which("psql")
     if psql is None:
         pytest.skip("psql is not on PATH (Debian package postgresql-client)")
-    role = "dashboard_reader_test"
-    command = [
-        psql,
-        libpq_url(migrated_database_url),
-        "-q",
-        "-v",
-        f"reader_user={role}",
-        "-v",
-        "reader_password=pw'1",
-    ]
-    for _ in range(2):  # running it again must work: the stack runs it after every migration
-        result = subprocess.run([*command, "-f", str(READER_SQL)], capture_output=True)
-        assert result.returncode == 0, result.stderr.decode()
-    try:
-        yield role
-    finally:
-        rollup_conn.execute("reset role")
-        rollup_conn.execute(f"drop owned by {role}")
-        rollup_conn.execute(f"drop role {role}")
+    data_dir = tmp_path_factory.mktemp("reader") / "engine-data"
+    with EmbeddedEngine(data_dir=data_dir):
+        pass
+    with EmbeddedEngine(data_dir=data_dir) as engine, connect(engine.url) as conn:
+        for _ in migrate(engine.url):
+            pass
+        load_demo(conn)
+        role = "dashboard_reader_test"
+        command = [
+            psql, libpq_url(engine.url), "-q", "-v", f"reader_user={role}",
+            "-v", "reader_password=pw'1", "-f", str(READER_SQL),
+        ]  # fmt: skip
+        for _ in range(2):  # running it again must work: the stack runs it after every migration
+            result = subprocess.run(command, capture_output=True)
+            assert result.returncode == 0, result.stderr.decode()
+        yield conn, role
 
 
-def test_panels_run_as_the_read_only_role(
-    rollup_conn: psycopg.Connection, demo: None, reader_role: str
-) -> None:
-    settings = rollup_conn.execute(
+def test_panels_run_as_the_read_only_role(reader_db: tuple[psycopg.Connection, str]) -> None:
+    conn, reader_role = reader_db
+    settings = conn.execute(
         "select setconfig from pg_catalog.pg_db_role_setting s"
         " join pg_catalog.pg_roles r on r.oid = s.setrole where r.rolname = %s",
         [reader_role],
     ).fetchone()
     assert settings is not None and "default_transaction_read_only=on" in settings[0]
-    rollup_conn.execute(f"set role {reader_role}")
+    conn.execute(f"set role {reader_role}")
     try:
         for stem, dashboard, panel, target in PANELS:
             sql = expanded(dashboard, target, "hour")
-            rows = rows_as_dicts(rollup_conn.execute(sql.encode()))
+            rows = rows_as_dicts(conn.execute(sql.encode()))
             check_rows((stem, panel["title"]), target, rows)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            rollup_conn.execute(
+            conn.execute(
                 "update observability.traces set status = 'ok' where started_at < %s",
                 [WINDOW.start],
             )
     finally:
-        rollup_conn.execute("reset role")
+        conn.execute("reset role")
+
+
+def test_the_read_only_role_cannot_write_even_with_read_only_turned_off(
+    reader_db: tuple[psycopg.Connection, str],
+) -> None:
+    conn, reader_role = reader_db
+    conn.execute(f"set role {reader_role}")
+    try:
+        conn.execute("set default_transaction_read_only = off")
+        for statement in (
+            "create temp table reader_scratch (x int)",
+            "select pg_catalog.lo_create(0)",
+            "select pg_catalog.lo_creat(-1)",
+            "select pg_catalog.lo_from_bytea(0, '\\x00')",
+            "insert into observability.traces (trace_id) values ('x')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        assert conn.execute("select count(*) >= 0 from observability.traces").fetchone()
+    finally:
+        conn.execute("reset role")
+    # only PUBLIC lost the privilege: the owner and superusers keep it
+    conn.execute("create temp table owner_scratch (x int)")
+    conn.execute("drop table owner_scratch")

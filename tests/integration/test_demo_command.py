@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import matplotlib.image
@@ -48,7 +49,7 @@ def test_demo_generates_aggregates_reports_then_reuses_its_data(tmp_path: Path) 
     for operation in OPERATIONS:
         assert f"  {operation} " in summary
     assert "late-arriving rows:" in summary
-    assert "picked up by the hourly re-sync" in summary
+    assert "picked up by the scheduled hourly run" in summary
     assert str(out / "dashboard.png") in summary
 
     png = out / "dashboard.png"
@@ -59,9 +60,11 @@ def test_demo_generates_aggregates_reports_then_reuses_its_data(tmp_path: Path) 
     assert "data:image/png;base64,iVBORw0KGgo" in html
     assert "<h2>by model (LLM calls)</h2>" in html
 
-    second = run_demo(*options)
+    second = run_demo(*options[:4], "--traces-per-hour", "9", "--seed", "6")
     assert second.returncode == 0, second.stderr
     assert "reusing the workload already in" in second.stdout
+    assert "(seed 5, 4 traces per hour; --fresh regenerates it)" in second.stdout
+    assert "NOTE: --seed 6 and --traces-per-hour 9 ignored" in second.stdout
     assert "generated " not in second.stdout
     assert "generating" not in second.stderr
     assert "late-arriving rows" not in second.stdout
@@ -78,11 +81,37 @@ def test_demo_generates_aggregates_reports_then_reuses_its_data(tmp_path: Path) 
             ).fetchall()
         )
         traces = conn.execute("select count(*) from observability.traces").fetchone()
+        scheduled = conn.execute(
+            "select range_start, range_end, status from observability.aggregation_runs"
+            " where kind = 'scheduled'"
+        ).fetchall()
+        late = conn.execute(
+            "select min(started_at), max(started_at), count(*) from observability.traces"
+            " where attributes ? 'demo.late'"
+        ).fetchone()
+        # every hour the scheduled run synced counts the late rows too
+        synced = conn.execute(
+            "select count(*) from observability.metrics_aggregates as a"
+            " join observability.aggregation_runs as r on r.kind = 'scheduled'"
+            "  and a.bucket_time >= r.range_start and a.bucket_time < r.range_end"
+            " where a.granularity = 'hour' and a.metric_type = 'trace.errors'"
+            "  and a.dimension_type = 'overall' and a.count = (select count(*)"
+            "   from observability.traces as t where t.started_at >= a.bucket_time"
+            "   and t.started_at < a.bucket_time + interval '1 hour')"
+        ).fetchone()
         # As an interrupted first run leaves it: the last day was never written.
         conn.execute(
             "delete from observability.traces where started_at > "
             "(select max(started_at) from observability.traces) - interval '1 day'"
         )
+    # the late rows went into the last two complete hours, which the scheduled hourly run (as
+    # beat sends it, no window given) synced once more
+    assert len(scheduled) == 1
+    ((run_start, run_end, status),) = scheduled
+    assert status == "succeeded" and run_end - run_start == timedelta(hours=2)
+    assert late is not None and late[2] > 0
+    assert run_start <= late[0] and late[1] < run_end
+    assert synced == (2,)
     assert set(rows) == {"hour", "day", "week"}
     assert all(count > 0 for count in rows.values())
     assert traces is not None and 4 * 168 * 0.8 < traces[0] < 4 * 168 * 1.2

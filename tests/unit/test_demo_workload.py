@@ -12,6 +12,7 @@ from worker.demo.workload import (
     MARKER,
     MODELS,
     OPERATIONS,
+    RATE_MARKER,
     Batch,
     Generator,
     demo_window,
@@ -85,6 +86,7 @@ def test_every_kind_of_row_is_present(workload: Batch) -> None:
     assert {e["event_type"] for e in workload.document_events} == set(DOCUMENT_STEPS)
     assert {m["role"] for m in workload.chat_messages} == {"user", "assistant"}
     assert all(t["attributes"][MARKER] == 7 for t in workload.traces)
+    assert all(t["attributes"][RATE_MARKER] == 20 for t in workload.traces)
 
 
 def test_about_three_percent_of_traces_fail_with_a_reason(workload: Batch) -> None:

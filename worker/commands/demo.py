@@ -43,10 +43,11 @@ def register(subparsers: SubParsers) -> None:
     demo.add_argument(
         "--traces-per-hour",
         type=_positive,
-        default=DEFAULT_TRACES_PER_HOUR,
         help=f"average traffic (default {DEFAULT_TRACES_PER_HOUR}); 5 spans per trace",
     )
-    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the workload's random seed")
+    demo.add_argument(
+        "--seed", type=int, help=f"the workload's random seed (default {DEFAULT_SEED})"
+    )
     demo.add_argument(
         "--fresh", action="store_true", help="wipe the data directory and generate anew"
     )
@@ -140,10 +141,12 @@ def _generate(
     from worker.demo.workload import Generator, demo_window
 
     start, end = demo_window(datetime.now(UTC))
-    generator = Generator(args.seed, load_prices(conn), args.traces_per_hour)
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    rate = DEFAULT_TRACES_PER_HOUR if args.traces_per_hour is None else args.traces_per_hour
+    generator = Generator(seed, load_prices(conn), rate)
     print(
         f"generating 7 days of traffic ({start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC), "
-        f"{args.traces_per_hour:g} traces per hour on average, seed {args.seed}",
+        f"{rate:g} traces per hour on average, seed {seed}",
         flush=True,
     )
     clock = time.perf_counter()
@@ -155,20 +158,26 @@ def _generate(
         flush=True,
     )
     _sync(url, start, end, progress)
-    late = late_rows(conn, url, generator, end, show_progress=progress)
-    hours = f"{late.start:%H:%M} .. {late.end:%H:%M} UTC"
+    late = late_rows(conn, url, generator, end)
     print(
-        f"late-arriving rows: {late.traces:,} traces written into already-synced hours {hours}",
+        f"late-arriving rows: {late.traces:,} traces written into the last two complete hours, "
+        f"{late.start:%H:%M} .. {late.end:%H:%M} UTC, already synced",
         flush=True,
     )
+    synced = f"{late.synced_start:%H:%M} .. {late.synced_end:%H:%M} UTC"
     if late.metrics_updated > 0:
         print(
-            f"  picked up by the hourly re-sync: {late.metrics_updated:,} metric rows updated, "
-            f"{late.metrics_created:,} created",
+            "  picked up by the scheduled hourly run (the task beat sends every hour, which "
+            f"syncs the latest two complete hours; here {synced}): "
+            f"{late.metrics_updated:,} metric rows updated, {late.metrics_created:,} created. "
+            "Day and week rows follow at their own scheduled runs, or when the demo runs again.",
             flush=True,
         )
     else:
-        print("  NOT picked up: the hourly re-sync updated no metric rows", flush=True)
+        print(
+            f"  NOT picked up: the scheduled hourly run ({synced}) updated no metric rows",
+            flush=True,
+        )
     return start, end
 
 
@@ -189,12 +198,31 @@ def _reuse(
             f"the workload in {args.data_dir} starts {existing.start:%Y-%m-%d %H:%M} UTC, too "
             "close to the 30-day raw-data retention to re-aggregate: run again with --fresh"
         )
+    rate = existing.traces_per_hour
+    stored = f"seed {existing.seed}, " + (
+        f"{rate:g} traces per hour" if rate is not None else "traces per hour not recorded"
+    )
     print(
         f"reusing the workload already in {args.data_dir}: {existing.traces:,} traces, "
-        f"{existing.start:%Y-%m-%d %H:%M} .. {existing.end:%Y-%m-%d %H:%M} UTC, seed "
-        f"{existing.seed} (--fresh regenerates it)",
+        f"{existing.start:%Y-%m-%d %H:%M} .. {existing.end:%Y-%m-%d %H:%M} UTC ({stored}; "
+        "--fresh regenerates it)",
         flush=True,
     )
+    # Only options given on the command line: their defaults say nothing about the stored run.
+    ignored = [
+        f"--{name} {value:g}"
+        for name, value, kept in (
+            ("seed", args.seed, existing.seed),
+            ("traces-per-hour", args.traces_per_hour, rate),
+        )
+        if value is not None and value != kept
+    ]
+    if ignored:
+        print(
+            f"NOTE: {' and '.join(ignored)} ignored: the stored workload ({stored}) is reused "
+            "as it is. Add --fresh to wipe it and generate anew with these options.",
+            flush=True,
+        )
     _sync(url, existing.start, existing.end, progress)
     return existing.start, existing.end
 

@@ -75,8 +75,9 @@ def render_png(conn: Any, start: datetime, end: datetime, path: Path) -> Path:
     fig = plt.figure(figsize=(16, 17), dpi=100, layout="constrained")
     grid = fig.add_gridspec(4, 2, height_ratios=[1, 1, 0.9, 1])
     fig.suptitle(
-        f"LLM/RAG workload, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
-        "(from observability.metrics_aggregates)",
+        f"LLM/RAG workload, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC\n"
+        "per hour and per day from observability.metrics_aggregates, "
+        "whole-window totals from observability.metrics_over_range",
         fontsize=15,
         fontweight="bold",
     )
@@ -179,7 +180,9 @@ def _token_panel(ax: Axes, totals: dict[str, dict[str, float]]) -> None:
         )
     ax.invert_yaxis()
     ax.set_xlim(0, max(tokens, default=1) * 1.45 or 1)
-    ax.set_title("tokens and cost by knowledge base, whole window", fontsize=12)
+    ax.set_title(
+        "tokens and cost by knowledge base, whole window (metrics_over_range)", fontsize=12
+    )
     ax.set_xlabel("tokens (millions)")
     ax.grid(True, axis="x", alpha=0.3)
 

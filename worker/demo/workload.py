@@ -15,6 +15,8 @@ DAYS = 7
 # Every generated trace carries this attribute (with the seed): it is how a later run recognises
 # the demo's rows in a kept data directory.
 MARKER = "demo.seed"
+# And the traffic rate it was generated with, so a later run can say what it reuses.
+RATE_MARKER = "demo.traces_per_hour"
 _NAMESPACE = uuid.UUID("6f1c8f0e-5d2a-4b8e-9a57-0c4d2b7e1a93")
 
 
@@ -279,7 +281,11 @@ class Generator:
             "kb_id": kb_id(kb),
         }
         tokens = sum(s.get("input_tokens", 0) + s.get("output_tokens", 0) for s in spans)
-        attributes: dict[str, Any] = {MARKER: self.seed, "demo.kb": kb}
+        attributes: dict[str, Any] = {
+            MARKER: self.seed,
+            RATE_MARKER: self.traces_per_hour,
+            "demo.kb": kb,
+        }
         if late:
             attributes["demo.late"] = True
         session = f"sess-{self._ids.getrandbits(40):010x}"
