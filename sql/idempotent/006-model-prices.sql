@@ -11,8 +11,9 @@ comment on index observability.model_prices_pkey is
 comment on column observability.model_prices.model is
   'Model name exactly as spans carry it (gen_ai.request.model).';
 comment on column observability.model_prices.provider is
-  'Provider (gen_ai.provider.name). A span without a provider takes any provider''s price for '
-  'its model.';
+  'Provider, lowercase, as observability.canonical_provider names it (openai, anthropic, '
+  'google, aws.bedrock, ...); a span''s gen_ai.provider.name is mapped to it. A span without '
+  'a provider takes any provider''s price for its model.';
 comment on column observability.model_prices.effective_from is
   'The price applies to spans that started at or after this time, until the next row.';
 comment on column observability.model_prices.input_usd_per_million is
@@ -20,7 +21,35 @@ comment on column observability.model_prices.input_usd_per_million is
 comment on column observability.model_prices.output_usd_per_million is
   'USD per million output (completion) tokens (gen_ai.usage.output_tokens).';
 
--- The price row in effect for model at time at: a given provider must match, a NULL provider
+-- The provider of model_prices rows that a span's provider name stands for: ASCII letters
+-- lowercased (translate(), not lower(), so that the result does not depend on the locale), then
+-- common aliases mapped (Azure OpenAI -> openai, Gemini and Vertex AI -> google, ...). The bulk
+-- writer's copy of the table is worker/ingest/pricing.py PROVIDER_ALIASES; a test compares them.
+create or replace function observability.canonical_provider(provider text) returns text
+language sql immutable parallel safe
+as $$
+  select case pg_catalog.translate($1, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')
+    when 'azure.ai.openai' then 'openai'
+    when 'az.ai.openai' then 'openai'
+    when 'azure_openai' then 'openai'
+    when 'azure-openai' then 'openai'
+    when 'gcp.gemini' then 'google'
+    when 'gcp.vertex_ai' then 'google'
+    when 'gcp.gen_ai' then 'google'
+    when 'vertex_ai' then 'google'
+    when 'vertexai' then 'google'
+    when 'gemini' then 'google'
+    when 'google_genai' then 'google'
+    when 'bedrock' then 'aws.bedrock'
+    when 'amazon_bedrock' then 'aws.bedrock'
+    when 'mistral' then 'mistral_ai'
+    when 'mistralai' then 'mistral_ai'
+    else pg_catalog.translate($1, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')
+  end
+$$;
+
+-- The price row in effect for model at time at: a given provider must match (as
+-- canonical_provider names it; model_prices holds those names), a NULL provider
 -- takes the latest price of any provider (ties: the first provider by name). Plain SQL without
 -- SET options, so the planner inlines it into recost's query; two branches, so that the usual
 -- case (provider given) is one backward index scan without a sort.
@@ -36,7 +65,8 @@ as $$
     (
       select p.input_usd_per_million, p.output_usd_per_million
       from observability.model_prices as p
-      where $2 is not null and p.model = $1 and p.provider = $2 and p.effective_from <= $3
+      where $2 is not null and p.model = $1
+        and p.provider = observability.canonical_provider($2) and p.effective_from <= $3
       order by p.effective_from desc
       limit 1
     )
@@ -80,6 +110,9 @@ as $$
   from observability.model_price_at($1, $5, $4) as p
 $$;
 
+comment on function observability.canonical_provider(text) is
+  'The model_prices provider a span''s provider name stands for: lowercased, aliases mapped '
+  '(azure.ai.openai -> openai, gcp.gemini / gcp.vertex_ai -> google, ...).';
 comment on function observability.model_price_at(text, text, timestamptz) is
   'The model_prices row in effect for model (and provider, unless NULL) at time at.';
 comment on function observability.token_cost_usd(bigint, bigint, numeric, numeric) is

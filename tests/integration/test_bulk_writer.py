@@ -13,6 +13,7 @@ from psycopg import sql
 from worker.ingest import COST_SOURCE_KEY, Reject, write_batch
 from worker.ingest import writer as writer_module
 from worker.ingest.items import SPAN
+from worker.ingest.pricing import PROVIDER_ALIASES, canonical_provider
 
 # Recent, so that no compression or retention policy touches the rows during a test.
 START = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
@@ -234,6 +235,39 @@ def test_bad_items_are_rejected_one_by_one_and_no_valid_sibling_is_lost(
     assert stored == {f"{n:016x}" for n in range(1, 6)}
 
 
+def test_text_too_long_for_its_index_is_rejected_per_item(db: psycopg.Connection) -> None:
+    # PostgreSQL refuses btree entries over about 2,700 bytes; such a value used to fail the
+    # whole batch with ProgramLimitExceeded.
+    long = "x" * 3000
+    result = write_batch(
+        db,
+        traces=[trace(session_id=long), trace(trace_id="1" * 32, session_id="s-1")],
+        spans=[span(1, model=long), span(2, provider=long), span(3)],
+        chat_messages=[
+            {"session_id": long, "role": "user", "content": "hi"},
+            {"session_id": "s-1", "role": "user", "content": "hi"},
+        ],
+    )
+    assert result.written == {"trace": 1, "span": 1, "chat_message": 1, "document_event": 0}
+    assert sorted((r.kind, r.index) for r in result.rejected) == [
+        ("chat_message", 0),
+        ("span", 0),
+        ("span", 1),
+        ("trace", 0),
+    ]
+    assert all("3,000 bytes as UTF-8, more than 1,000" in r.reason for r in result.rejected)
+    assert [r[0] for r in db.execute("select span_id from observability.spans")] == [f"{3:016x}"]
+
+
+def test_a_cost_that_rounds_to_the_limit_is_rejected_per_item(db: psycopg.Connection) -> None:
+    result = write_batch(db, spans=[span(1, cost_usd="9999.9999995"), span(2, cost_usd="1")])
+    assert [(r.index, "must be below 10000 USD" in r.reason) for r in result.rejected] == [
+        (0, True)
+    ]
+    assert result.written["span"] == 1
+    assert span_row(db, f"{2:016x}")["cost_usd"] == Decimal(1)
+
+
 def test_a_batch_with_only_rejects_touches_nothing(db: psycopg.Connection) -> None:
     result = write_batch(db, spans=[span(1, span_id="bad")])
     assert result.written["span"] == 0 and len(result.rejected) == 1
@@ -330,3 +364,37 @@ def test_the_writer_and_llm_cost_usd_price_alike(db: psycopg.Connection) -> None
         "select observability.llm_cost_usd('gpt-4o', 1000, 200, now(), 'openai')"
     ).fetchone()
     assert one == (Decimal("0.004500"),)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("OpenAI", "gpt-4o"),
+        ("Anthropic", "claude-3-5-haiku"),
+        ("gcp.gemini", "gemini-1.5-pro"),
+        ("gcp.vertex_ai", "gemini-1.5-flash"),
+        ("azure.ai.openai", "gpt-4o"),
+        ("az.ai.openai", "gpt-4o-mini"),
+    ],
+)
+def test_provider_names_and_aliases_find_their_price(
+    db: psycopg.Connection, provider: str, model: str
+) -> None:
+    write_batch(db, spans=[span(1, provider=provider, model=model)])
+    stored, computed = db.execute(
+        "select cost_usd, observability.llm_cost_usd(model, input_tokens, output_tokens,"
+        " started_at, provider) from observability.spans"
+    ).fetchone() or (None, None)
+    assert stored is not None and stored > 0
+    assert stored == computed
+    assert span_row(db, f"{1:016x}")["provider"] == provider, "the name is stored as sent"
+
+
+def test_the_writer_and_the_database_name_providers_alike(db: psycopg.Connection) -> None:
+    names = [*PROVIDER_ALIASES, *PROVIDER_ALIASES.values(), "OpenAI", "AZURE.AI.OPENAI"]
+    names += ["Some-Other", "\u00c9xotic", "", "mistral_ai", "aws.bedrock"]
+    rows = db.execute(
+        "select n, observability.canonical_provider(n) from unnest(%s::text[]) as n", [names]
+    ).fetchall()
+    assert rows == [(name, canonical_provider(name)) for name in names]
+    assert db.execute("select observability.canonical_provider(null)").fetchone() == (None,)

@@ -149,8 +149,11 @@ def test_sdk_exporter_rows_have_every_mapped_field(
     assert trace["session_id"] == "session-1"
     assert trace["started_at"] == root["started_at"] and trace["ended_at"] == root["ended_at"]
     assert trace["total_tokens"] == 800 + 120 + 12
-    costs = [r["cost_usd"] for r in rows.values() if r["cost_usd"] is not None]
-    assert trace["cost_usd"] == (sum(costs, Decimal(0)) if costs else None)
+    # Priced from the seeded list prices: gpt-4o at 2.50 / 10.00 USD per million tokens.
+    assert rows["chat gpt-4o"]["cost_usd"] == Decimal("0.003200")
+    assert embedding["cost_usd"] == Decimal(0)  # 12 tokens at 0.02 USD per million
+    assert trace["cost_usd"] == Decimal("0.003200")
+    assert trace["attributes"]["observability.cost_source"] == "spans"
     assert trace["attributes"]["resource"]["service.name"] == "rag-api"
 
 

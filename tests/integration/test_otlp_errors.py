@@ -77,6 +77,12 @@ def test_empty_request_succeeds(endpoint: str, headers: dict[str, str]) -> None:
         (b"\xff\xff\xff\xff\xff", PROTOBUF),
         (b"{ nope", {"content-type": "application/json"}),
         (b'["not", "an", "object"]', {"content-type": "application/json"}),
+        (b'{"resourceSpans": [5]}', {"content-type": "application/json"}),
+        (b'{"resourceSpans": [{"scopeSpans": ["scope"]}]}', {"content-type": "application/json"}),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}',
+            {"content-type": "application/json"},
+        ),
         (b"definitely not gzip", {**PROTOBUF, "content-encoding": "gzip"}),
     ],
 )

@@ -7,9 +7,13 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+import worker.ingest.recost as recost_module
 from worker.cli import main
 from worker.ingest import COST_SOURCE_KEY, write_batch
 from worker.ingest.recost import RecostError, bucket_start, recost
+from worker.otlp.encode import make_request, make_span
+from worker.otlp.mapping import map_request
+from worker.otlp.store import store
 
 # A model of its own, so that rolled-up rows of other tests never mix with these.
 MODEL = "recost-test-model"
@@ -18,7 +22,15 @@ PROVIDER = "recost-test"
 # refresh can bring the rollups up to date.
 DAY = (datetime.now(UTC) - timedelta(days=4)).replace(hour=0, minute=0, second=0, microsecond=0)
 WEEK = bucket_start(DAY, "week")
-ROLLUPS = ("llm_spans_hourly", "llm_spans_daily", "llm_spans_weekly")
+ROLLUPS = (
+    "llm_spans_hourly",
+    "llm_spans_daily",
+    "llm_spans_weekly",
+    "traces_hourly",
+    "traces_daily",
+    "traces_weekly",
+)
+OPERATION = "recost_test_op"
 # (minutes after DAY + 10 h, application cost): 1000 input and 500 output tokens each.
 SPANS = ((15, None), (45, None), (90, None), (150, None), (190, None), (155, Decimal("1")))
 
@@ -66,6 +78,7 @@ def db(clean_observability: str) -> Iterator[psycopg.Connection]:
         finally:
             conn.execute("delete from observability.model_prices where model = %s", [MODEL])
             conn.execute("delete from observability.spans where model = %s", [MODEL])
+            conn.execute("delete from observability.traces where operation_type = %s", [OPERATION])
             refresh(conn, WEEK, WEEK + timedelta(weeks=1))
 
 
@@ -108,9 +121,12 @@ def test_rollups_show_the_new_costs_after_a_price_change_and_recost(
     assert cost_sums(db) == expected("0.005")
     windows = [(r.rollup, r.start, r.end) for r in result.refreshed]
     assert windows == [
-        ("observability.llm_spans_hourly", DAY + timedelta(hours=12), DAY + timedelta(hours=14)),
+        ("observability.llm_spans_hourly", DAY, DAY + timedelta(days=1)),
         ("observability.llm_spans_daily", DAY, DAY + timedelta(days=1)),
         ("observability.llm_spans_weekly", WEEK, WEEK + timedelta(weeks=1)),
+        ("observability.traces_hourly", DAY, DAY + timedelta(days=1)),
+        ("observability.traces_daily", DAY, DAY + timedelta(days=1)),
+        ("observability.traces_weekly", WEEK, WEEK + timedelta(weeks=1)),
     ]
     app = db.execute(
         "select cost_usd, attributes from observability.spans where cost_usd >= 1"
@@ -130,7 +146,7 @@ def test_a_dry_run_changes_nothing(db: psycopg.Connection) -> None:
 def test_the_window_and_the_model_filter_limit_the_recost(db: psycopg.Connection) -> None:
     add_price(db, DAY - timedelta(days=1), "3.00", "4.00")
     other = recost(db, DAY, DAY + timedelta(days=1), model="gpt-4o")
-    assert (other.candidates, other.changed, other.refreshed) == (0, 0, [])
+    assert (other.candidates, other.changed, len(other.refreshed)) == (0, 0, 6)
     early = recost(db, DAY, DAY + timedelta(hours=11))  # 10:15 and 10:45 only
     assert early.changed == 2
     assert cost_sums(db)[("hour", DAY + timedelta(hours=10))] == Decimal("0.010000")
@@ -181,6 +197,115 @@ def test_the_command_prints_a_summary(
     assert f"model {MODEL}" in out
     assert "refreshed observability.llm_spans_weekly from" in out
     assert cost_sums(db) == expected("0.005")
+
+
+def trace_costs(conn: psycopg.Connection) -> dict[str, Decimal | None]:
+    rows = conn.execute(
+        "select name, cost_usd from observability.traces where operation_type = %s", [OPERATION]
+    )
+    return dict(rows.fetchall())
+
+
+def trace_cost_sum(conn: psycopg.Connection) -> Decimal | None:
+    row = conn.execute(
+        "select sum from observability.metrics where metric_type = 'trace.cost_usd'"
+        " and granularity = 'day' and dimension_type = 'operation_type'"
+        " and dimension_value = %s and bucket = %s",
+        [OPERATION, DAY],
+    ).fetchone()
+    return None if row is None else Decimal(str(row[0])).quantize(Decimal("0.000001"))
+
+
+def test_trace_costs_summed_from_spans_are_recomputed(
+    db: psycopg.Connection, clean_observability: str
+) -> None:
+    # One trace received over OTLP (its cost is the sum of its spans'), one written with a
+    # cost of the application's own, which recost must leave alone.
+    trace_id = "f" * 32
+    start = int((DAY + timedelta(hours=13)).timestamp() * 1e9)
+    llm = {
+        "gen_ai.request.model": MODEL,
+        "gen_ai.provider.name": PROVIDER,
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 500,
+    }
+    request = make_request(
+        [
+            make_span(
+                trace_id,
+                "a" * 16,
+                "otlp turn",
+                start,
+                start + 10**9,
+                attributes={"gen_ai.operation.name": OPERATION},
+            ),
+            make_span(
+                trace_id,
+                "b" * 16,
+                "chat",
+                start,
+                start + 10**9,
+                parent_span_id="a" * 16,
+                attributes=llm,
+            ),
+        ]
+    )
+    with psycopg.connect(clean_observability) as conn:
+        assert store(conn, map_request(request)) == []
+    app_trace = {
+        "trace_id": "e" * 32,
+        "started_at": DAY + timedelta(hours=13),
+        "name": "app turn",
+        "operation_type": OPERATION,
+        "cost_usd": Decimal("0.5"),
+    }
+    assert write_batch(db, traces=[app_trace]).written["trace"] == 1
+    refresh(db, WEEK, WEEK + timedelta(weeks=1))
+    assert trace_costs(db) == {"otlp turn": Decimal("0.002"), "app turn": Decimal("0.5")}
+    assert trace_cost_sum(db) == Decimal("0.502000")
+
+    add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
+    result = recost(db, DAY, DAY + timedelta(days=1))
+
+    assert result.traces_changed == 1
+    assert trace_costs(db) == {"otlp turn": Decimal("0.005"), "app turn": Decimal("0.5")}
+    assert trace_cost_sum(db) == Decimal("0.505000"), "the traces rollups are refreshed"
+
+
+def test_a_recost_whose_refresh_failed_can_be_run_again(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
+
+    def busy(conn: psycopg.Connection, window: object, sleep: object) -> None:
+        raise psycopg.errors.LockNotAvailable("a refresh policy holds the lock")
+
+    monkeypatch.setattr(recost_module, "_refresh", busy)
+    with pytest.raises(psycopg.errors.LockNotAvailable):
+        recost(db, DAY, DAY + timedelta(days=1))
+    assert cost_sums(db) == expected("0.002"), "costs changed, rollups not refreshed"
+    monkeypatch.undo()
+
+    again = recost(db, DAY, DAY + timedelta(days=1))
+    assert again.changed == 0
+    assert cost_sums(db) == expected("0.005")
+
+
+def test_the_command_reports_a_busy_refresh_as_such(
+    db: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    clean_observability: str,
+) -> None:
+    def busy(conn: psycopg.Connection, window: object, sleep: object) -> None:
+        raise psycopg.errors.LockNotAvailable("a refresh policy holds the lock")
+
+    monkeypatch.setattr(recost_module, "_refresh", busy)
+    args = ["recost", "--from", DAY.isoformat(), "--to", (DAY + timedelta(days=1)).isoformat()]
+    assert main([*args, "--database-url", clean_observability]) == 1
+    assert "another refresh of the rollups is running" in caplog.text
+    assert "run the same recost again" in caplog.text
+    assert "cannot reach the database" not in caplog.text
 
 
 def test_recost_refuses_bad_arguments(db: psycopg.Connection, clean_observability: str) -> None:

@@ -98,6 +98,9 @@ def test_iso_strings_and_uuid_strings_are_accepted() -> None:
         ({"cost_usd": "NaN"}, "cost_usd must be a finite number"),
         ({"cost_usd": "cheap"}, "cost_usd must be a number, got 'cheap'"),
         ({"cost_usd": 10_000}, "cost_usd must be below 10000 USD"),
+        ({"cost_usd": "9999.9999995"}, "cost_usd must be below 10000 USD"),
+        ({"model": "m" * 1001}, "model is 1,001 bytes as UTF-8, more than 1,000 (the column is"),
+        ({"provider": "\u00e9" * 600}, "provider is 1,200 bytes as UTF-8, more than 1,000"),
         ({"kb_id": "not-a-uuid"}, "kb_id must be a UUID, got 'not-a-uuid'"),
         ({"attributes": ["a"]}, "attributes must be a JSON object (dict), got list"),
         ({"attributes": {"k": "v\x00"}}, "attributes contains a NUL character"),
@@ -156,7 +159,14 @@ def test_long_text_columns_take_long_text() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(Decimal("0.001234"), Decimal("0.001234")), (0.5, Decimal("0.5")), ("2", Decimal(2))],
+    [
+        (Decimal("0.001234"), Decimal("0.001234")),
+        (0.5, Decimal("0.5")),
+        ("2", Decimal(2)),
+        # Rounded half away from zero to micro-dollars, as numeric(10, 6) stores it.
+        ("0.0000005", Decimal("0.000001")),
+        ("9999.9999994", Decimal("9999.999999")),
+    ],
 )
 def test_costs_become_decimals(value: Any, expected: Decimal) -> None:
     assert row_of(SPAN, span(cost_usd=value))["cost_usd"] == expected
@@ -175,6 +185,18 @@ TRACE_ITEM = {
     [
         (TRACE, {**TRACE_ITEM, "operation_type": "Chat Turn"}, "operation_type must be a lower"),
         (TRACE, {**TRACE_ITEM, "session_id": ""}, "session_id must not be empty"),
+        (TRACE, {**TRACE_ITEM, "session_id": "s" * 1001}, "session_id is 1,001 bytes"),
+        (TRACE, {**TRACE_ITEM, "operation_type": "o" * 1001}, "operation_type is 1,001 bytes"),
+        (
+            CHAT_MESSAGE,
+            {"session_id": "s" * 1001, "role": "user", "content": "hi"},
+            "session_id is 1,001 bytes",
+        ),
+        (
+            DOCUMENT_EVENT,
+            {"document_id": str(uuid.uuid4()), "event_type": "e" * 1001, "status": "ok"},
+            "event_type is 1,001 bytes",
+        ),
         (TRACE, {**TRACE_ITEM, "total_tokens": -3}, "total_tokens must not be negative"),
         (TRACE, {**TRACE_ITEM, "name": None}, "name is required"),
         (CHAT_MESSAGE, {"session_id": "s", "role": "bot", "content": "hi"}, "role must be one"),

@@ -12,9 +12,14 @@ def test_ingest_arguments_and_defaults() -> None:
     assert args.token is None and callable(args.handler)
     args = build_parser().parse_args(["ingest", "--port", "5000", "--max-body-bytes", "1024"])
     assert (args.port, args.max_body_bytes) == (5000, 1024)
+    assert build_parser().parse_args(["ingest"]).max_concurrent_requests == 4
+    args = build_parser().parse_args(["ingest", "--max-concurrent-requests", "2"])
+    assert args.max_concurrent_requests == 2
 
 
-@pytest.mark.parametrize("argv", [["--port", "70000"], ["--max-body-bytes", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--port", "70000"], ["--max-body-bytes", "0"], ["--max-concurrent-requests", "0"]]
+)
 def test_ingest_rejects_bad_numbers(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ingest", *argv])

@@ -63,6 +63,11 @@ def test_empty_protobuf_request() -> None:
         (b"[1, 2]", JSON),
         (b'{"resourceSpans": {"x": 1}}', JSON),
         (b'{"resourceSpans": [{"scopeSpans": 3}]}', JSON),
+        (b'{"resourceSpans": [5]}', JSON),
+        (b'{"resourceSpans": [null]}', JSON),
+        (b'{"resourceSpans": [{"scopeSpans": ["scope"]}]}', JSON),
+        (b'{"resourceSpans": [{"scopeSpans": [[]]}]}', JSON),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}', JSON),
         (b"[" * 100_000 + b"]" * 100_000, JSON),
     ],
 )
@@ -112,6 +117,19 @@ def test_json_bad_spans_fail_alone() -> None:
     assert names(decoded) == []
     assert len(decoded.rejected) == 5
     assert "traceId must be 32 hex digits" in decoded.rejected[0]
+
+
+@pytest.mark.parametrize("resource", [5, "text", [1], {"attributes": 3}])
+def test_json_odd_resource_or_scope_rejects_its_spans(resource: object) -> None:
+    for part in ("resource", "scope"):
+        document = otlp_json(make_request(spans("a", "b")))
+        target = document["resourceSpans"][0]
+        if part == "scope":
+            target = target["scopeSpans"][0]
+        target[part] = resource
+        decoded = decode_request(json.dumps(document).encode(), JSON)
+        assert names(decoded) == [] and len(decoded.rejected) == 2
+        assert f"its {part} cannot be decoded" in decoded.rejected[0]
 
 
 def test_json_keeps_good_siblings() -> None:

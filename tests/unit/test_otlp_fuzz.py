@@ -169,3 +169,43 @@ def test_mangled_json_never_crashes(drawn: Any, data: st.DataObject) -> None:
     batch = map_request(decoded)
     check_rows(batch)
     assert len(batch.spans) + len(batch.rejected) == count
+
+
+def _slots(node: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key or index) of a JSON document, at any depth."""
+    found: list[tuple[Any, Any]] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        children = current.items() if isinstance(current, dict) else enumerate(current)
+        for key, child in children:
+            found.append((current, key))
+            if isinstance(child, dict | list):
+                stack.append(child)
+    return found
+
+
+@FUZZ
+@given(requests(), st.data())
+def test_json_with_a_mangled_structure_never_crashes(drawn: Any, data: st.DataObject) -> None:
+    # Any node of the document (the resourceSpans list, a scope, a span, an attribute's value
+    # wrapper...) replaced by any JSON value, or removed: a 400 or per-span rejects, never an
+    # exception of another kind.
+    request, _ = drawn
+    document = otlp_json(request)
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        slots = _slots(document)
+        if not slots:
+            break
+        container, key = data.draw(st.sampled_from(slots))
+        if data.draw(st.booleans()):
+            container[key] = data.draw(json_values)
+        elif isinstance(container, dict):
+            del container[key]
+        else:
+            container.pop(key)
+    try:
+        decoded = decode_request(json.dumps(document).encode(), JSON)
+    except MalformedPayload:
+        return
+    check_rows(map_request(decoded))

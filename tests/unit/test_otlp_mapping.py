@@ -263,4 +263,43 @@ def test_long_names_are_cut_to_the_writer_limit() -> None:
     span = make_span(TRACE, ROOT, "n" * 10_000, START, START + 1,
                      attributes={"gen_ai.request.model": "m" * 10_000})  # fmt: skip
     [row] = map_request(make_request([span])).spans
-    assert len(row["name"]) == len(row["model"]) == DEFAULT_LIMITS.max_text_chars
+    assert len(row["name"]) == DEFAULT_LIMITS.max_text_chars
+    assert len(row["model"]) == DEFAULT_LIMITS.max_indexed_text_bytes
+
+
+def test_indexed_columns_are_cut_to_whole_utf8_characters_with_a_warning() -> None:
+    attributes = {
+        "gen_ai.request.model": "\u00e9" * 3000,  # two bytes each
+        "gen_ai.provider.name": "p" * 5000,
+        "session.id": "\u20ac" * 2000,  # three bytes each
+    }
+    span = make_span(TRACE, ROOT, "chat", START, START + 1, attributes=attributes)
+    batch = map_request(make_request([span]))
+    [row], [trace] = batch.spans, batch.traces
+    assert row["model"] == "\u00e9" * 500 and row["provider"] == "p" * 1000
+    assert trace["session_id"] == "\u20ac" * 333
+    assert any("cut to fit their indexed columns" in w for w in batch.warnings)
+
+
+@pytest.mark.parametrize("count", ["\u00b2", "\u0663", "12\u00b2", " 7 ", "1_000"])
+def test_token_counts_that_int_refuses_stay_in_attributes(count: str) -> None:
+    # "\u00b2".isdigit() is true, but int() refuses it: it used to fail the whole request.
+    [row] = one({"gen_ai.usage.input_tokens": count}).spans
+    if count.strip().isascii() and count.strip().isdigit():
+        assert row["input_tokens"] == int(count)
+    else:
+        assert row["input_tokens"] is None
+        assert row["attributes"]["gen_ai.usage.input_tokens"] == count
+
+
+def test_a_request_is_mapped_in_chunks() -> None:
+    from worker.otlp.mapping import iter_batches
+
+    spans = [make_span(TRACE, f"{n:016x}", f"s{n}", START, START + 1) for n in range(1, 6)]
+    spans.insert(2, make_span(TRACE, "0" * 16, "bad", START, START + 1))
+    spans.append(make_span(TRACE, f"{9:016x}", "x" * 20_000, START, START + 1))
+    batches = list(iter_batches(make_request(spans), 2))
+    assert [len(b.spans) for b in batches] == [2, 2, 2]
+    assert [len(b.rejected) for b in batches] == [0, 1, 0]
+    assert [bool(b.warnings) for b in batches] == [False, False, True]
+    assert [len(map_request(make_request(spans)).spans)] == [6]

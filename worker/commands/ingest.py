@@ -43,6 +43,13 @@ def register(subparsers: SubParsers) -> None:
     ingest.add_argument(
         "--pool-size", type=_positive, default=4, help="database connections (default: 4)"
     )
+    ingest.add_argument(
+        "--max-concurrent-requests",
+        type=_positive,
+        default=4,
+        help="requests processed at once; others wait before their body is read. Each takes "
+        "about 6 times its body size in memory while it is processed (default: 4)",
+    )
     ingest.set_defaults(handler=run)
 
 
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         token=token,
         pool_size=args.pool_size,
+        max_concurrent_requests=args.max_concurrent_requests,
     )
     log.info(
         "OTLP/HTTP endpoint on http://%s:%d/v1/traces (bearer token %s)",

@@ -19,11 +19,13 @@ log = logging.getLogger("worker.recost")
 def register(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "recost",
-        help="recompute span costs from the model price table and refresh the LLM rollups",
+        help="recompute span costs from the model price table and refresh the cost rollups",
         description="Price the LLM spans that started in [--from, --to) again from "
         "observability.model_prices: spans whose cost was computed from the table and spans "
-        "without a cost. Costs the application sent itself are kept. Then refresh the "
-        "llm_spans hourly, daily and weekly rollups over the buckets that changed. Times "
+        "without a cost. Costs the application sent itself are kept. Trace costs that are the "
+        "sum of their spans' costs (traces received over OTLP) are summed again. Then refresh "
+        "the llm_spans and traces hourly, daily and weekly rollups over the window, even when "
+        "no cost changed: after a failed refresh, the same command again repairs them. Times "
         "are ISO 8601; without a UTC offset they are UTC.",
     )
     parser.add_argument(
@@ -60,6 +62,15 @@ def run(args: argparse.Namespace) -> int:
     except RecostError as exc:
         log.error("%s", exc)
         return 2
+    except psycopg.errors.LockNotAvailable as exc:
+        # 55P03, after the retries: a refresh policy kept the rollups locked. Running the same
+        # command again refreshes them even when the costs were already changed.
+        log.error(
+            "another refresh of the rollups is running; run the same recost again in a minute, "
+            "it refreshes the rollups over the window whether or not a cost still changes (%s)",
+            exc.diag.message_primary or exc,
+        )
+        return 1
     except psycopg.OperationalError as exc:
         log.error("cannot reach the database: %s", exc)
         return 1
@@ -77,11 +88,10 @@ def render(result: RecostResult) -> list[str]:
         f"  priced from the table or without a cost: {result.candidates:,}",
         f"  cost changed: {result.changed:,}"
         + (f" (total {result.cost_before} -> {result.cost_after} USD)" if result.changed else ""),
+        f"  trace costs (sums of span costs) changed: {result.traces_changed:,}",
     ]
     if result.dry_run:
         lines.append("dry run: nothing was written and no rollup was refreshed")
-    elif not result.refreshed:
-        lines.append("no cost changed: no rollup refreshed")
     for refresh in result.refreshed:
         lines.append(
             f"refreshed {refresh.rollup} from {_time(refresh.start)} to {_time(refresh.end)}"

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+import string
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
 
 from worker.ingest.items import SPAN
-from worker.ingest.validation import COST_LIMIT
+from worker.ingest.validation import COST_LIMIT, MICRO
 
 # Spans whose cost the writer (or recost) computed from observability.model_prices carry this
 # attribute; a cost the application sent is never marked, and recost leaves it alone.
 COST_SOURCE_KEY = "observability.cost_source"
 COST_SOURCE_PRICES = "model_prices"
+# Traces whose cost_usd is the sum of their spans' costs (the OTLP endpoint computes it) carry
+# the same key with this value; recost sums them again. Other trace costs are the application's.
+COST_SOURCE_SPANS = "spans"
 _MARK = f'"{COST_SOURCE_KEY}":"{COST_SOURCE_PRICES}"'
-MICRO = Decimal("0.000001")
 MILLION = Decimal(1_000_000)
 
 # Ordered as observability.model_price_at chooses: the latest effective_from first, ties by
@@ -26,6 +29,41 @@ from observability.model_prices as p
 where p.model = any(%s)
 order by p.effective_from desc, p.provider
 """
+
+# Provider names as instrumentations write them (gen_ai.provider.name, the older gen_ai.system,
+# OpenInference's llm.provider), with ASCII letters lowercased -> the provider of model_prices
+# rows. Azure OpenAI serves OpenAI's models at OpenAI's list prices. Any other name is matched
+# lowercased. observability.canonical_provider (sql/idempotent/006-model-prices.sql) holds the
+# same table.
+PROVIDER_ALIASES = {
+    "azure.ai.openai": "openai",
+    "az.ai.openai": "openai",
+    "azure_openai": "openai",
+    "azure-openai": "openai",
+    "gcp.gemini": "google",
+    "gcp.vertex_ai": "google",
+    "gcp.gen_ai": "google",
+    "vertex_ai": "google",
+    "vertexai": "google",
+    "gemini": "google",
+    "google_genai": "google",
+    "bedrock": "aws.bedrock",
+    "amazon_bedrock": "aws.bedrock",
+    "mistral": "mistral_ai",
+    "mistralai": "mistral_ai",
+}
+
+
+# ASCII letters only, as translate() in SQL does whatever the database's locale.
+_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def canonical_provider(provider: str | None) -> str | None:
+    if provider is None:
+        return None
+    name = provider.translate(_LOWER)
+    return PROVIDER_ALIASES.get(name, name)
+
 
 _COLUMNS = {name: i for i, name in enumerate(SPAN.column_names)}
 _MODEL, _PROVIDER = _COLUMNS["model"], _COLUMNS["provider"]
@@ -66,7 +104,7 @@ def price_spans(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> list[t
 def _cost(
     row: tuple[Any, ...], candidates: list[tuple[str, Any, Decimal, Decimal]]
 ) -> Decimal | None:
-    started, wanted = row[_STARTED], row[_PROVIDER]
+    started, wanted = row[_STARTED], canonical_provider(row[_PROVIDER])
     for provider, effective_from, inp, out in candidates:
         if effective_from <= started and (wanted is None or provider == wanted):
             total = (row[_INPUT] or 0) * inp + (row[_OUTPUT] or 0) * out

@@ -9,14 +9,21 @@ from typing import Any
 
 import psycopg
 
-from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_PRICES
+from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_PRICES, COST_SOURCE_SPANS
 
-# The LLM span rollups, lowest level first: each level is refreshed from the one below.
-ROLLUPS = (
+# The rollups over span costs and over trace costs, lowest level first: each level is
+# refreshed from the one below.
+LLM_ROLLUPS = (
     ("observability.llm_spans_hourly", "hour"),
     ("observability.llm_spans_daily", "day"),
     ("observability.llm_spans_weekly", "week"),
 )
+TRACE_ROLLUPS = (
+    ("observability.traces_hourly", "hour"),
+    ("observability.traces_daily", "day"),
+    ("observability.traces_weekly", "week"),
+)
+ROLLUPS = LLM_ROLLUPS + TRACE_ROLLUPS
 STEP = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 REFRESH_ATTEMPTS = 3
 REFRESH_RETRY_S = 2.0
@@ -50,10 +57,31 @@ with changed as (
     attributes = case when {NEW_COST} is null then s.attributes - %(key)s::text
       else s.attributes || %(marker)s::jsonb end
   where {CANDIDATES} and {NEW_COST} is distinct from s.cost_usd
-  returning s.started_at, s.cost_usd
+  returning s.trace_id, s.started_at, s.cost_usd
 )
 select pg_catalog.count(*), pg_catalog.sum(cost_usd), pg_catalog.min(started_at),
-  pg_catalog.max(started_at)
+  pg_catalog.max(started_at), pg_catalog.array_agg(distinct trace_id)
+from changed
+"""
+# Trace costs that are the sum of their spans' costs (marked so by the OTLP endpoint, as
+# worker/otlp/store.py TOTALS_SQL computes them) are summed again for the traces of the
+# changed spans. Trace costs the application sent are not marked and stay as they are.
+TRACES_SQL = """
+with changed as (
+  update observability.traces as t
+  set cost_usd = s.cost
+  from (
+    select trace_id, least(pg_catalog.sum(cost_usd), 9999.999999)::numeric(10, 6)
+      as cost
+    from observability.spans
+    where trace_id = any(%(trace_ids)s::text[])
+    group by trace_id
+  ) as s
+  where t.trace_id = s.trace_id and t.attributes @> %(spans_marker)s::jsonb
+    and t.cost_usd is distinct from s.cost
+  returning t.started_at
+)
+select pg_catalog.count(*), pg_catalog.min(started_at), pg_catalog.max(started_at)
 from changed
 """
 REFRESH_SQL = "call public.refresh_continuous_aggregate(%s::regclass, %s, %s)"
@@ -82,6 +110,9 @@ class RecostResult:
     cost_after: Decimal = Decimal(0)
     first_changed: datetime | None = None
     last_changed: datetime | None = None
+    traces_changed: int = 0  # traces whose cost, the sum of their spans', changed
+    first_trace: datetime | None = None
+    last_trace: datetime | None = None
     refreshed: list[Refresh] = field(default_factory=list)
 
 
@@ -94,9 +125,14 @@ def recost(
     dry_run: bool = False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RecostResult:
-    """Price the window's spans again from observability.model_prices, then refresh the LLM
-    span rollups over the buckets that changed. conn must be in autocommit mode (continuous
-    aggregates refuse to refresh inside a transaction). A dry run rolls the update back."""
+    """Price the window's spans again from observability.model_prices, sum the costs of their
+    traces again where those are sums of span costs, then refresh the LLM span and trace
+    rollups. conn must be in autocommit mode (continuous aggregates refuse to refresh inside a
+    transaction). A dry run rolls the updates back and refreshes nothing.
+
+    The rollups are refreshed over the whole window (aligned to their buckets) even when no
+    cost changed, so that running recost again repairs rollups a failed refresh left behind.
+    """
     if start.utcoffset() is None or end.utcoffset() is None:
         raise RecostError("start and end must carry a time zone")
     if end <= start:
@@ -114,20 +150,33 @@ def recost(
     with conn.transaction(force_rollback=dry_run):
         before = conn.execute(BEFORE_SQL, params).fetchone()
         after = conn.execute(UPDATE_SQL, params).fetchone()
-    assert before is not None and after is not None
+        assert after is not None
+        trace_ids = after[4] or []
+        traces = (0, None, None)
+        if trace_ids:
+            marker = f'{{"{COST_SOURCE_KEY}": "{COST_SOURCE_SPANS}"}}'
+            found = conn.execute(TRACES_SQL, {"trace_ids": trace_ids, "spans_marker": marker})
+            traces = found.fetchone() or traces
+    assert before is not None
     result.candidates, result.cost_before = before[0], before[1] or Decimal(0)
     result.changed, result.cost_after = after[0], after[1] or Decimal(0)
     result.first_changed, result.last_changed = after[2], after[3]
-    if dry_run or result.first_changed is None or result.last_changed is None:
+    result.traces_changed, result.first_trace, result.last_trace = traces
+    if dry_run:
         return result
-    for rollup, unit in ROLLUPS:
-        window = Refresh(
-            rollup,
-            bucket_start(result.first_changed, unit),
-            bucket_start(result.last_changed, unit) + STEP[unit],
-        )
-        _refresh(conn, window, sleep)
-        result.refreshed.append(window)
+    last = end - timedelta(microseconds=1)
+    trace_first = min(start, result.first_trace or start)
+    trace_last = max(last, result.last_trace or last)
+    for rollups, first, final in (
+        (LLM_ROLLUPS, start, last),
+        (TRACE_ROLLUPS, trace_first, trace_last),
+    ):
+        for rollup, unit in rollups:
+            window = Refresh(
+                rollup, bucket_start(first, unit), bucket_start(final, unit) + STEP[unit]
+            )
+            _refresh(conn, window, sleep)
+            result.refreshed.append(window)
     return result
 
 

@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 # numeric(10, 6): at most 9999.999999.
 COST_LIMIT = Decimal(10_000)
+MICRO = Decimal("0.000001")
 MILLISECOND = timedelta(milliseconds=1)
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
@@ -24,6 +25,9 @@ class Limits:
     """Size limits applied to every item; pass your own to write_batch to change them."""
 
     max_text_chars: int = 4096  # names, models, ids and other short text
+    # Text in a btree index (model, provider, session ids, operation and event types, also in
+    # the rollups' dimension_value): PostgreSQL refuses index entries over about 2,700 bytes.
+    max_indexed_text_bytes: int = 1000
     max_long_text_chars: int = 1_048_576  # chat content, error messages
     max_json_bytes: int = 65_536  # attributes, sources, citations, serialized as JSON
     max_json_depth: int = 16  # {"a": 1} is depth 1, {"a": {"b": 1}} depth 2
@@ -70,6 +74,17 @@ def short_text(name: str, value: Any, limits: Limits) -> str:
     return text
 
 
+def indexed_text(name: str, value: Any, limits: Limits) -> str:
+    text = short_text(name, value, limits)
+    size = len(text) if text.isascii() else len(text.encode())
+    if size > limits.max_indexed_text_bytes:
+        raise Invalid(
+            f"{name} is {size:,} bytes as UTF-8, more than {limits.max_indexed_text_bytes:,} "
+            "(the column is indexed)"
+        )
+    return text
+
+
 def long_text(name: str, value: Any, limits: Limits) -> str:
     return _text(name, value, limits.max_long_text_chars)
 
@@ -90,7 +105,7 @@ span_id = _hex_id(_SPAN_ID, 16)
 
 
 def identifier(name: str, value: Any, limits: Limits) -> str:
-    text = short_text(name, value, limits)
+    text = indexed_text(name, value, limits)
     if not _IDENTIFIER.fullmatch(text):
         raise Invalid(f"{name} must be a lowercase identifier ([a-z][a-z0-9_]*), got {show(value)}")
     return text
@@ -147,9 +162,12 @@ def cost(name: str, value: Any, limits: Limits) -> Decimal:
         raise Invalid(f"{name} must be a finite number, got {show(value)}")
     if amount < 0:
         raise Invalid(f"{name} must not be negative, got {amount}")
-    if amount >= COST_LIMIT:
+    # Rounded as numeric(10, 6) stores it (half away from zero), so that a value which rounds up
+    # to 10000 is refused here rather than by the database for the whole batch.
+    rounded = amount.quantize(MICRO, rounding=ROUND_HALF_UP) if amount < COST_LIMIT else amount
+    if rounded >= COST_LIMIT:
         raise Invalid(f"{name} must be below {COST_LIMIT} USD (numeric(10, 6)), got {amount}")
-    return amount
+    return rounded
 
 
 def uuid_value(name: str, value: Any, limits: Limits) -> uuid.UUID:

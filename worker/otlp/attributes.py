@@ -34,6 +34,7 @@ class Notes:
             "nul": "NUL characters replaced by U+FFFD",
             "non_finite": "NaN or infinite doubles stored as strings",
             "dropped": "attribute values dropped to fit the attributes size limit",
+            "indexed": "model, provider or session ids cut to fit their indexed columns",
         }
         return [f"{count} {text[kind]}" for kind, count in sorted(self.counts.items())]
 

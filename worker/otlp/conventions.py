@@ -81,8 +81,12 @@ def count_value(value: Any) -> int | None:
     """A token count: a non-negative int4, also given as a string of digits."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        digits = value.strip()
+        # str.isdigit() also accepts digits int() refuses, such as "\u00b2".
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        value = int(digits)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value if isinstance(value, int) and 0 <= value <= INT4_MAX else None

@@ -156,10 +156,12 @@ def decode_json(body: bytes) -> Decoded:
         raise MalformedPayload("an OTLP/JSON request must be a JSON object")
     decoded = Decoded(ExportTraceServiceRequest())
     for r, resource_spans in enumerate(_list(document, "resourceSpans", "resource_spans")):
+        _require_object(resource_spans, f"resourceSpans[{r}]")
         target = decoded.request.resource_spans.add()
         resource_error = _parse_part(resource_spans, ("resource",), target.resource)
         _parse_part(resource_spans, ("schemaUrl", "schema_url"), target, field="schema_url")
         for s, scope_spans in enumerate(_list(resource_spans, "scopeSpans", "scope_spans")):
+            _require_object(scope_spans, f"resourceSpans[{r}].scopeSpans[{s}]")
             scope_target = target.scope_spans.add()
             scope_error = _parse_part(scope_spans, ("scope",), scope_target.scope)
             for i, raw_span in enumerate(_list(scope_spans, "spans")):
@@ -175,6 +177,11 @@ def decode_json(body: bytes) -> Decoded:
                 else:
                     scope_target.spans.append(span)
     return decoded
+
+
+def _require_object(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"{where} must be a JSON object, got {type(value).__name__}")
 
 
 def _list(container: Any, *names: str) -> list[Any]:
@@ -194,12 +201,14 @@ def _parse_part(
     value = next((container[n] for n in names if n in container), None)
     if value is None:
         return None
+    if field is None and not isinstance(value, dict):
+        return f"cannot be decoded: must be a JSON object, got {type(value).__name__}"
     try:
         if field is not None:
             json_format.ParseDict({field: value}, target, ignore_unknown_fields=True)
         else:
             json_format.ParseDict(value, target, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         return f"cannot be decoded: {_short(exc)}"
     return None
 
@@ -223,7 +232,7 @@ def _parse_span(raw: Any, span: Span) -> str | None:
     raw.pop("links", None)  # links carry hex ids too and are not stored
     try:
         json_format.ParseDict(raw, span, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         return f"cannot be decoded: {_short(exc)}"
     return None
 

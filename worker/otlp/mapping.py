@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from worker.otlp.decode import Decoded
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+CHUNK_SPANS = 2_000
 
 
 class SpanRejected(ValueError):
@@ -41,6 +43,16 @@ class Origin:
 
 
 def map_request(decoded: Decoded | ExportTraceServiceRequest) -> MappedBatch:
+    """The whole request as one batch."""
+    return next(iter_batches(decoded, None))
+
+
+def iter_batches(
+    decoded: Decoded | ExportTraceServiceRequest, chunk_spans: int | None = CHUNK_SPANS
+) -> Iterator[MappedBatch]:
+    """The request mapped chunk_spans spans at a time (all at once for None), so that only one
+    chunk's rows are held while it is written. The decoder's rejects come with the first batch,
+    the warnings with the last; at least one batch is yielded."""
     if isinstance(decoded, ExportTraceServiceRequest):
         decoded = Decoded(decoded)
     batch = MappedBatch(rejected=list(decoded.rejected))
@@ -54,19 +66,24 @@ def map_request(decoded: Decoded | ExportTraceServiceRequest) -> MappedBatch:
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             origin = Origin(resource, resource_chars, clean_text(scope_spans.scope.name, notes))
             for i, span in enumerate(scope_spans.spans):
+                if chunk_spans is not None and len(spans) >= chunk_spans:
+                    batch.spans, batch.traces = list(spans.values()), list(traces.values())
+                    yield batch
+                    batch, spans, traces = MappedBatch(), {}, {}
                 try:
                     row, trace = map_span(span, origin, notes)
                 except SpanRejected as exc:
                     batch.rejected.append(f"resource {r}, scope {s}, span {i}: {exc}")
                     continue
-                # A span delivered twice in one request is stored once (the last copy wins).
+                # A span delivered twice in one request is stored once (the last copy wins; in
+                # a later chunk, by overwriting the row written with an earlier one).
                 spans[(row["trace_id"], row["span_id"], row["started_at"])] = row
                 if trace is not None:
                     traces[(trace["trace_id"], trace["started_at"])] = trace
     batch.spans = list(spans.values())
     batch.traces = list(traces.values())
     batch.warnings = notes.warnings()
-    return batch
+    yield batch
 
 
 def _time(nanos: int) -> datetime:
@@ -113,7 +130,7 @@ def map_span(
     taken = _Taker(attrs, notes)
     operation = taken.text(c.OPERATION)
     kind = taken.text(c.SPAN_KIND)
-    model = taken.text(c.MODEL)
+    model = taken.indexed(c.MODEL)
     if model is not None and attrs.get("gen_ai.response.model") == model:
         attrs.pop("gen_ai.response.model")
     status, error_type, error_message = _status(span, taken, notes)
@@ -130,7 +147,7 @@ def map_span(
         "span_type": span_type,
         "operation_name": operation,
         "status": status,
-        "provider": taken.text(c.PROVIDER),
+        "provider": taken.indexed(c.PROVIDER),
         "model": model,
         "input_tokens": taken.value(c.INPUT_TOKENS, c.count_value),
         "output_tokens": taken.value(c.OUTPUT_TOKENS, c.count_value),
@@ -161,7 +178,7 @@ def map_span(
         "operation_type": c.operation_type(operation, span_type),
         "status": status,
         "user_id": trace_taken.uuid(c.USER, c.USER_NAMESPACE),
-        "session_id": trace_taken.text(c.SESSION),
+        "session_id": trace_taken.indexed(c.SESSION),
         "kb_id": kb,
         "total_tokens": None,  # summed from the stored spans after the write (see store.py)
         "cost_usd": None,
@@ -233,6 +250,15 @@ class _Taker:
         if value is None or len(value) <= LIMITS.max_text_chars:
             return value
         return clean_text(value, self.notes, LIMITS.max_text_chars)
+
+    def indexed(self, names: tuple[str, ...]) -> str | None:
+        """A text column in a btree index holds at most the writer's max_indexed_text_bytes."""
+        value = self.text(names)
+        limit = LIMITS.max_indexed_text_bytes
+        if value is None or len(value) <= limit // 4 or len(value.encode()) <= limit:
+            return value
+        self.notes.counts["indexed"] += 1
+        return value.encode()[:limit].decode("utf-8", "ignore")
 
     def uuid(self, names: tuple[str, ...], namespace: Any) -> Any:
         # A UUID is moved into the column; any other id becomes a uuid5 of its text, and the

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -9,22 +10,22 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from worker.ingest.errors import is_unavailable
 from worker.otlp.body import DEFAULT_MAX_BODY_BYTES, ENCODINGS, TooLarge, read_body
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
-from worker.otlp.mapping import map_request
-from worker.otlp.store import store
+from worker.otlp.mapping import CHUNK_SPANS, iter_batches
+from worker.otlp.store import trace_ids, update_totals, write
 
 log = logging.getLogger("worker.otlp")
 
@@ -40,6 +41,10 @@ class Settings:
     pool_size: int = 4
     # How long a request waits for a database connection before it is answered 503.
     pool_timeout_s: float = 5.0
+    # Requests read and processed at once; others wait their turn before their body is read.
+    # With chunk_spans, this bounds the memory: each holds its body, decoded, and one chunk.
+    max_concurrent_requests: int = 4
+    chunk_spans: int = CHUNK_SPANS
 
 
 class _Unavailable(Exception):
@@ -57,6 +62,8 @@ def create_app(settings: Settings) -> Starlette:
         name="otlp-ingest",
     )
 
+    requests = asyncio.Semaphore(settings.max_concurrent_requests)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Not waiting for the database: the endpoint starts, and answers 503, while it is down.
@@ -67,22 +74,38 @@ def create_app(settings: Settings) -> Starlette:
             pool.close()
 
     def process(body: bytes, content_type: str) -> ExportTraceServiceResponse:
-        batch = map_request(decode_request(body, content_type))
-        rejected_spans = len(batch.rejected)
-        reasons = list(batch.rejected)
-        if batch.spans or batch.traces:
-            try:
-                with pool.connection() as conn:
-                    refused = store(conn, batch)
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+        decoded = decode_request(body, content_type)
+        reasons: list[str] = []
+        warnings: list[str] = []
+        rejected_spans = 0
+        touched: set[str] = set()
+        try:
+            with contextlib.ExitStack() as stack:
+                conn = None
+                # One chunk of rows at a time: a request's rows take many times its size.
+                for batch in iter_batches(decoded, settings.chunk_spans):
+                    rejected_spans += len(batch.rejected)
+                    reasons += batch.rejected
+                    warnings = batch.warnings or warnings
+                    if not (batch.spans or batch.traces):
+                        continue
+                    if conn is None:
+                        conn = stack.enter_context(pool.connection())
+                    refused = write(conn, batch)
+                    rejected_spans += sum(1 for r in refused if r.kind == "span")
+                    reasons += [r.reason for r in refused]
+                    touched |= trace_ids(batch)
+                if conn is not None:
+                    update_totals(conn, touched)
+        except Exception as exc:
+            if is_unavailable(exc):
                 raise _Unavailable(str(exc)) from exc
-            rejected_spans += sum(1 for r in refused if r.kind == "span")
-            reasons += [r.reason for r in refused]
+            raise
         response = ExportTraceServiceResponse()
-        if reasons or batch.warnings:
+        if reasons or warnings:
             partial = response.partial_success
             partial.rejected_spans = rejected_spans
-            partial.error_message = _summary(reasons, batch.warnings)
+            partial.error_message = _summary(reasons, warnings)
         if reasons:
             log.info("%d of the request's items rejected: %s", len(reasons), reasons[0])
         return response
@@ -104,8 +127,9 @@ def create_app(settings: Settings) -> Starlette:
         if declared.isdigit() and int(declared) > limit:
             return _status(reply, 413, code_pb2.RESOURCE_EXHAUSTED, f"the body exceeds {limit} B")
         try:
-            body = await read_body(request.stream(), encoding, limit)
-            response = await run_in_threadpool(process, body, content_type)
+            async with requests:
+                body = await read_body(request.stream(), encoding, limit)
+                response = await run_in_threadpool(process, body, content_type)
         except TooLarge as exc:
             return _status(reply, 413, code_pb2.RESOURCE_EXHAUSTED, str(exc))
         except MalformedPayload as exc:

@@ -1,27 +1,34 @@
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from worker.ingest.errors import is_row_error
+from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_SPANS
 from worker.otlp.mapping import MappedBatch
 
 log = logging.getLogger("worker.otlp")
 
+SPANS_MARK = json.dumps({COST_SOURCE_KEY: COST_SOURCE_SPANS})
+
 # A trace's totals are sums over its spans, which may arrive in several exports and in any
 # order (children usually end, and so are exported, before their root). After each write the
 # totals of every trace the request touched are recomputed from the stored spans, so they are
-# right once the last span has arrived, whatever the order. Costs are those the writer filled in.
+# right once the last span has arrived, whatever the order. Costs are those the writer filled in;
+# the mark tells recost that the trace cost is such a sum. Tokens are added as bigint: two int4
+# counts near their maximum overflow int4.
 TOTALS_SQL = """
 update observability.traces as t
-set total_tokens = s.tokens, cost_usd = s.cost
+set total_tokens = s.tokens, cost_usd = s.cost, attributes = t.attributes || %(mark)s::jsonb
 from (
   select trace_id
        , least(
-           sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0))
+           sum(coalesce(input_tokens, 0)::bigint + coalesce(output_tokens, 0)::bigint)
              filter (where input_tokens is not null or output_tokens is not null),
            2147483647)::integer as tokens
        , least(sum(cost_usd), 9999.999999)::numeric(10, 6) as cost
@@ -30,7 +37,8 @@ from (
   group by trace_id
 ) as s
 where t.trace_id = s.trace_id
-  and (t.total_tokens is distinct from s.tokens or t.cost_usd is distinct from s.cost)
+  and (t.total_tokens is distinct from s.tokens or t.cost_usd is distinct from s.cost
+    or not t.attributes @> %(mark)s::jsonb)
 """
 
 Item = tuple[str, dict[str, Any]]  # ("trace" | "span", row)
@@ -43,18 +51,32 @@ class Refused:
 
 
 def store(conn: psycopg.Connection[Any], batch: MappedBatch) -> list[Refused]:
-    """Writes the batch; returns each item the writer or the database refused, with why.
+    """Writes the batch and the totals of its traces; returns each item the writer or the
+    database refused, with why.
 
-    psycopg.OperationalError (the database is unreachable or went away) propagates: the caller
-    answers 503 and the client retries the whole request, which is idempotent.
+    Errors that are not about one row propagate: the caller answers 503 when the database is
+    unavailable (worker.ingest.errors.is_unavailable; the client retries the whole request,
+    which is idempotent) and 500 otherwise.
     """
-    items: list[Item] = [("trace", t) for t in batch.traces] + [("span", s) for s in batch.spans]
-    rejected = _write(conn, items)
-    trace_ids = sorted({row["trace_id"] for _, row in items})
-    if trace_ids:
-        conn.execute(TOTALS_SQL, {"trace_ids": trace_ids})
+    refused = write(conn, batch)
+    update_totals(conn, trace_ids(batch))
+    return refused
+
+
+def trace_ids(batch: MappedBatch) -> set[str]:
+    return {row["trace_id"] for row in batch.spans} | {row["trace_id"] for row in batch.traces}
+
+
+def update_totals(conn: psycopg.Connection[Any], ids: Iterable[str]) -> None:
+    ordered = sorted(ids)
+    if ordered:
+        conn.execute(TOTALS_SQL, {"trace_ids": ordered, "mark": SPANS_MARK})
         conn.commit()
-    return rejected
+
+
+def write(conn: psycopg.Connection[Any], batch: MappedBatch) -> list[Refused]:
+    items: list[Item] = [("trace", t) for t in batch.traces] + [("span", s) for s in batch.spans]
+    return _write(conn, items) if items else []
 
 
 def _write(conn: psycopg.Connection[Any], items: Sequence[Item]) -> list[Refused]:
@@ -65,9 +87,9 @@ def _write(conn: psycopg.Connection[Any], items: Sequence[Item]) -> list[Refused
     try:
         result = write_batch(conn, traces=traces, spans=spans)
         conn.commit()
-    except psycopg.OperationalError:
-        raise
     except psycopg.Error as exc:
+        if not is_row_error(exc):
+            raise
         # The writer validates every item, so this is a row the database refuses for a reason
         # the writer does not know. Halving the batch until the row stands alone keeps every
         # valid sibling.
