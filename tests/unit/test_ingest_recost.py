@@ -5,32 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from worker.cli import COMMANDS, build_parser, main
-from worker.ingest.recost import bucket_start
 
 BERLIN_WINTER = timezone(timedelta(hours=1))
-
-
-@pytest.mark.parametrize(
-    ("moment", "unit", "expected"),
-    [
-        (datetime(2026, 11, 22, 13, 45, 10, tzinfo=UTC), "hour", datetime(2026, 11, 22, 13)),
-        (datetime(2026, 11, 22, 13, 0, tzinfo=UTC), "hour", datetime(2026, 11, 22, 13)),
-        (datetime(2026, 11, 22, 0, 30, tzinfo=BERLIN_WINTER), "day", datetime(2026, 11, 21)),
-        # Sunday belongs to the week that began on the Monday before; Monday starts its own.
-        (datetime(2026, 11, 22, 23, 59, tzinfo=UTC), "week", datetime(2026, 11, 16)),
-        (datetime(2026, 11, 23, 0, 0, tzinfo=UTC), "week", datetime(2026, 11, 23)),
-        (datetime(2026, 11, 23, 0, 30, tzinfo=BERLIN_WINTER), "week", datetime(2026, 11, 16)),
-    ],
-)
-def test_buckets_are_utc_and_weeks_start_on_monday(
-    moment: datetime, unit: str, expected: datetime
-) -> None:
-    assert bucket_start(moment, unit) == expected.replace(tzinfo=UTC)
-
-
-def test_an_unknown_bucket_unit_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown bucket unit 'month'"):
-        bucket_start(datetime(2026, 1, 1, tzinfo=UTC), "month")
 
 
 def test_recost_is_registered_and_times_without_offset_are_utc() -> None:

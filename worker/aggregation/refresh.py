@@ -25,6 +25,24 @@ def rollups_for(granularity: str) -> list[str]:
     return [f"observability.{source}_{level}" for level in levels for source in SOURCES]
 
 
+def refresh_bounds(
+    level: str,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime | None,
+    raw_horizon: datetime | None,
+) -> tuple[datetime, datetime] | None:
+    """The part of [start, end) a rollup of this level (hour, day, week) may be refreshed over:
+    whole buckets that have ended by now and, for the hourly level (which reads raw rows), that
+    retention has not touched. None when nothing is left."""
+    if raw_horizon is not None and level == "hour":
+        start = max(start, bucket_ceil(raw_horizon, "hour"))
+    if now is not None:
+        end = min(end, bucket_floor(now, level))
+    return (start, end) if start < end else None
+
+
 def refresh_rollups(
     conn: psycopg.Connection[Any],
     window: Window,
@@ -49,13 +67,10 @@ def refresh_rollups(
         raise ValueError("refresh_continuous_aggregate needs an autocommit connection")
     for rollup in rollups_for(window.granularity):
         level = _GRANULARITY_OF[rollup.rpartition("_")[2]]
-        start, end = window.start, window.end
-        if raw_horizon is not None and level == "hour":
-            start = max(start, bucket_ceil(raw_horizon, "hour"))
-        if now is not None:
-            end = min(end, bucket_floor(now, level))
-        if start >= end:
+        bounds = refresh_bounds(level, window.start, window.end, now=now, raw_horizon=raw_horizon)
+        if bounds is None:
             continue
+        start, end = bounds
         statement = sql.SQL("call public.refresh_continuous_aggregate({}, {}, {}{})").format(
             sql.Literal(rollup),
             sql.Literal(start),

@@ -9,6 +9,9 @@ from typing import Any
 
 import psycopg
 
+from worker.aggregation.refresh import refresh_bounds
+from worker.aggregation.service import raw_horizon
+from worker.aggregation.windows import bucket_floor
 from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_PRICES, COST_SOURCE_SPANS
 
 # The rollups over span costs and over trace costs, lowest level first: each level is
@@ -167,30 +170,28 @@ def recost(
     last = end - timedelta(microseconds=1)
     trace_first = min(start, result.first_trace or start)
     trace_last = max(last, result.last_trace or last)
+    now = datetime.now(UTC)
+    horizon = raw_horizon(conn, now)
     for rollups, first, final in (
         (LLM_ROLLUPS, start, last),
         (TRACE_ROLLUPS, trace_first, trace_last),
     ):
         for rollup, unit in rollups:
-            window = Refresh(
-                rollup, bucket_start(first, unit), bucket_start(final, unit) + STEP[unit]
+            # Whole buckets, but never a still-open one (it stays real-time) and never hourly
+            # buckets whose raw rows retention may have dropped.
+            bounds = refresh_bounds(
+                unit,
+                bucket_floor(first, unit),
+                bucket_floor(final, unit) + STEP[unit],
+                now=now,
+                raw_horizon=horizon,
             )
+            if bounds is None:
+                continue
+            window = Refresh(rollup, *bounds)
             _refresh(conn, window, sleep)
             result.refreshed.append(window)
     return result
-
-
-def bucket_start(moment: datetime, unit: str) -> datetime:
-    """The start of the UTC bucket holding moment; weeks start on Monday, as time_bucket's."""
-    utc = moment.astimezone(UTC)
-    if unit == "hour":
-        return utc.replace(minute=0, second=0, microsecond=0)
-    day = utc.replace(hour=0, minute=0, second=0, microsecond=0)
-    if unit == "day":
-        return day
-    if unit == "week":
-        return day - timedelta(days=day.weekday())
-    raise ValueError(f"unknown bucket unit {unit!r}")
 
 
 def _refresh(
