@@ -257,7 +257,7 @@ class _Taker:
         limit = LIMITS.max_indexed_text_bytes
         if value is None or len(value) <= limit // 4 or len(value.encode()) <= limit:
             return value
-        self.notes.counts["indexed"] += 1
+        self.notes.note("indexed", limit)
         return value.encode()[:limit].decode("utf-8", "ignore")
 
     def uuid(self, names: tuple[str, ...], namespace: Any) -> Any:
