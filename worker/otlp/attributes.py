@@ -4,7 +4,7 @@ import base64
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -122,6 +122,23 @@ def attributes_dict(pairs: Iterable[KeyValue], notes: Notes, depth: int = 0) -> 
             chars += len(key) + 2
     notes.chars += chars
     return result
+
+
+def split_attributes(
+    pairs: Sequence[KeyValue], notes: Notes, wanted: Collection[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attributes to store (the first MAX_ITEMS), and the wanted ones that come after them.
+
+    Columns are read from both, so that a span with more attributes than the limit keeps its
+    model and token counts; only what is stored as attributes is cut.
+    """
+    stored = attributes_dict(pairs, notes)
+    past: dict[str, Any] = {}
+    if len(pairs) > MAX_ITEMS:
+        for pair in pairs[MAX_ITEMS:]:
+            if pair.key in wanted and pair.key not in past:
+                past[pair.key] = any_value(pair.value, notes)
+    return stored, past
 
 
 def any_value(value: AnyValue, notes: Notes, depth: int = 0) -> Any:

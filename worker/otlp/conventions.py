@@ -34,6 +34,14 @@ USER = ("user.id", "enduser.id")
 SESSION = ("session.id", "gen_ai.conversation.id", "conversation.id")
 ERROR_TYPE = ("error.type",)
 SPAN_KIND = ("openinference.span.kind", "traceloop.span.kind")
+EXCEPTION_TYPE = "exception.type"
+EXCEPTION_MESSAGE = "exception.message"
+
+# Every name read into a column from a span's attributes.
+SPAN_KEYS = frozenset(
+    OPERATION + PROVIDER + MODEL + INPUT_TOKENS + OUTPUT_TOKENS + TIME_TO_FIRST_TOKEN_S
+    + DATA_SOURCE + USER + SESSION + ERROR_TYPE + SPAN_KIND
+)  # fmt: skip
 
 # gen_ai.operation.name (and llm.request.type) values -> spans.span_type.
 OPERATION_TYPES = {

@@ -10,7 +10,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from worker.ingest import DEFAULT_LIMITS as LIMITS
 from worker.otlp import conventions as c
-from worker.otlp.attributes import Notes, attributes_dict, clean_text, fit
+from worker.otlp.attributes import (
+    Notes,
+    any_value,
+    attributes_dict,
+    clean_text,
+    fit,
+    split_attributes,
+)
 from worker.otlp.decode import Decoded
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -125,9 +132,9 @@ def map_span(
     duration_ms = duration if duration is not None and duration <= c.INT4_MAX else None
 
     before = notes.chars
-    attrs = attributes_dict(span.attributes, notes)
+    attrs, past_limit = split_attributes(span.attributes, notes, c.SPAN_KEYS)
     chars = notes.chars - before
-    taken = _Taker(attrs, notes)
+    taken = _Taker(attrs, notes, past_limit)
     operation = taken.text(c.OPERATION)
     kind = taken.text(c.SPAN_KIND)
     model = taken.indexed(c.MODEL)
@@ -168,7 +175,7 @@ def map_span(
         return row, None
 
     trace_attrs = dict(attrs)
-    trace_taken = _Taker(trace_attrs, notes, fallback=origin.resource)
+    trace_taken = _Taker(trace_attrs, notes, past_limit, fallback=origin.resource)
     trace = {
         "trace_id": trace_id,
         "started_at": started_at,
@@ -203,11 +210,16 @@ def _status(span: Span, taken: _Taker, notes: Notes) -> tuple[str, str | None, s
     for event in span.events:
         if event.name != "exception":
             continue
-        details = attributes_dict(event.attributes, notes)
+        # Only these two are read, wherever they are in the list: no attribute limit applies.
+        details = {
+            pair.key: any_value(pair.value, notes)
+            for pair in event.attributes
+            if pair.key in (c.EXCEPTION_TYPE, c.EXCEPTION_MESSAGE)
+        }
         if error_type is None:
-            error_type = taken.short(c.text_value(details.get("exception.type")))
+            error_type = taken.short(c.text_value(details.get(c.EXCEPTION_TYPE)))
         if message is None:
-            message = c.text_value(details.get("exception.message"))
+            message = c.text_value(details.get(c.EXCEPTION_MESSAGE))
         break
     return "error", error_type, message
 
@@ -216,25 +228,31 @@ class _Taker:
     """Reads an attribute into a column and removes it from the attributes it came from.
 
     A value that does not fit its column (a token count that is not a number, say) stays in
-    the attributes. With a fallback (the resource), a value found only there is copied, not
-    removed.
+    the attributes. past_limit holds the mapped names found after the attribute limit: read
+    like the others, never stored. With a fallback (the resource), a value found only there
+    is copied, not removed.
     """
 
     def __init__(
-        self, attrs: dict[str, Any], notes: Notes, fallback: dict[str, Any] | None = None
+        self,
+        attrs: dict[str, Any],
+        notes: Notes,
+        past_limit: dict[str, Any] | None = None,
+        fallback: dict[str, Any] | None = None,
     ) -> None:
         self.attrs = attrs
         self.notes = notes
+        self.sources = (attrs, past_limit) if past_limit else (attrs,)
         self.fallback = fallback or {}
 
     def value(self, names: tuple[str, ...], convert: Any) -> Any:
-        attrs = self.attrs
         for name in names:
-            if name in attrs:
-                converted = convert(attrs[name])
-                if converted is not None:
-                    del attrs[name]
-                    return converted
+            for source in self.sources:
+                if name in source:
+                    converted = convert(source[name])
+                    if converted is not None:
+                        del source[name]
+                        return converted
         for name in names:
             if name in self.fallback:
                 converted = convert(self.fallback[name])
@@ -263,15 +281,16 @@ class _Taker:
     def uuid(self, names: tuple[str, ...], namespace: Any) -> Any:
         # A UUID is moved into the column; any other id becomes a uuid5 of its text, and the
         # original stays in the attributes so that it can still be read.
-        for source in (self.attrs, self.fallback):
+        for sources in (self.sources, (self.fallback,)):
             for name in names:
-                if name not in source:
-                    continue
-                converted = c.id_to_uuid(source[name], namespace)
-                if converted is None:
-                    continue
-                value, was_uuid = converted
-                if was_uuid and source is self.attrs:
-                    del self.attrs[name]
-                return value
+                for source in sources:
+                    if name not in source:
+                        continue
+                    converted = c.id_to_uuid(source[name], namespace)
+                    if converted is None:
+                        continue
+                    value, was_uuid = converted
+                    if was_uuid and source is not self.fallback:
+                        del source[name]
+                    return value
         return None

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from psycopg.rows import dict_row
+
+from worker.otlp.attributes import MAX_ITEMS
+from worker.otlp.server import Settings, serve_in_thread
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+ROOT = "b7ad6b7169203331"
+START = 1_767_225_600_000_000_000
+PROTOBUF = {"content-type": "application/x-protobuf"}
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def endpoint(migrated_database_url: str) -> Iterator[str]:
+    with serve_in_thread(Settings(migrated_database_url)) as url:
+        yield url
+
+
+def fetch(url: str, sql: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/traces", content=body, headers=headers, timeout=60)
+
+
+def partial(response: httpx.Response) -> Any:
+    assert response.status_code == 200, response.content
+    if response.headers["content-type"].startswith("application/json"):
+        return response.json().get("partialSuccess", {})
+    return ExportTraceServiceResponse.FromString(response.content).partial_success
+
+
+def test_sdk_span_with_more_attributes_than_the_limit_keeps_its_columns(
+    endpoint: str, clean_observability: str
+) -> None:
+    memory = InMemorySpanExporter()
+    # SDKs cap span attributes at 128 by default; an application may raise the cap.
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "rag-api"}),
+        span_limits=SpanLimits(max_span_attributes=MAX_ITEMS + 200),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("tests.otlp").start_as_current_span("chat gpt-4o") as span:
+        for i in range(MAX_ITEMS + 100):
+            span.set_attribute(f"app.retrieved.{i}", i)
+        span.set_attributes(
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.usage.input_tokens": 800,
+                "gen_ai.usage.output_tokens": 120,
+            }
+        )
+    provider.shutdown()
+    exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces", timeout=30)
+    try:
+        assert exporter.export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+
+    [row] = fetch(clean_observability, "select * from observability.spans")
+    assert (row["span_type"], row["provider"], row["model"]) == ("llm", "openai", "gpt-4o")
+    assert (row["input_tokens"], row["output_tokens"]) == (800, 120)
+    assert row["cost_usd"] == Decimal("0.003200")
+    stored = [key for key in row["attributes"] if key.startswith("app.retrieved.")]
+    assert len(stored) == MAX_ITEMS
