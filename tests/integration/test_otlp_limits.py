@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from psycopg.rows import dict_row
 
 from worker.otlp.attributes import MAX_ITEMS
+from worker.otlp.encode import make_request, make_span, otlp_json
 from worker.otlp.server import Settings, serve_in_thread
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -82,3 +84,25 @@ def test_sdk_span_with_more_attributes_than_the_limit_keeps_its_columns(
     assert row["cost_usd"] == Decimal("0.003200")
     stored = [key for key in row["attributes"] if key.startswith("app.retrieved.")]
     assert len(stored) == MAX_ITEMS
+
+
+def test_an_over_deep_json_attribute_refuses_only_its_span(
+    endpoint: str, clean_observability: str
+) -> None:
+    spans = [
+        make_span(TRACE, ROOT, "root", START, START + 10**9),
+        make_span(TRACE, "00f067aa0ba902b7", "deep", START, START + 1, parent_span_id=ROOT),
+    ]
+    document = otlp_json(make_request(spans))
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["attributes"] = [
+        {"key": "deep", "value": "@DEEP@"}
+    ]
+    levels = 5_000  # far past Python's recursion limit
+    deep = '{"kvlistValue": {"values": [{"key": "k", "value": ' * levels
+    deep += '{"stringValue": "leaf"}' + "}]}}" * levels
+    body = json.dumps(document).replace('"@DEEP@"', deep).encode()
+    result = partial(post(endpoint, body, JSON))
+    assert result["rejectedSpans"] == "1"
+    assert "span 1" in result["errorMessage"] and "nested deeper" in result["errorMessage"]
+    stored = fetch(clean_observability, "select name from observability.spans")
+    assert [r["name"] for r in stored] == ["root"]

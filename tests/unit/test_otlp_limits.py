@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import uuid
 
 from worker.ingest import DEFAULT_LIMITS
 from worker.otlp.attributes import MAX_ITEMS, MAX_STRING_CHARS
-from worker.otlp.encode import key_values, make_request, make_span
+from worker.otlp.decode import JSON, decode_request
+from worker.otlp.encode import key_values, make_request, make_span, otlp_json
 from worker.otlp.mapping import map_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -82,3 +84,59 @@ def test_an_exception_event_past_the_attribute_limit_still_gives_the_error_type(
     event.attributes.extend(key_values({**filler, "exception.type": "RateLimitError"}))
     [row] = map_request(make_request([span])).spans
     assert row["error_type"] == "RateLimitError"
+
+
+def deep_json_value(levels: int) -> str:
+    """An OTLP/JSON AnyValue of key-value lists nested levels deep, as text."""
+    opening = '{"kvlistValue": {"values": [{"key": "k", "value": '
+    return opening * levels + '{"stringValue": "leaf"}' + "}]}}" * levels
+
+
+def with_raw(document: dict, raw: dict[str, str]) -> bytes:
+    """document as JSON text, each "placeholder" string replaced by its raw JSON text."""
+    text = json.dumps(document)
+    for placeholder, value in raw.items():
+        text = text.replace(f'"{placeholder}"', value)
+    return text.encode()
+
+
+def three_spans() -> list:
+    return [
+        make_span(TRACE, f"{i + 1:016x}", name, START, START + 1, parent_span_id=ROOT)
+        for i, name in enumerate(["first", "deep", "last"])
+    ]
+
+
+def test_an_over_deep_json_attribute_refuses_only_its_span() -> None:
+    document = otlp_json(make_request(three_spans()))
+    deep = document["resourceSpans"][0]["scopeSpans"][0]["spans"][1]
+    deep["attributes"] = [{"key": "deep", "value": "@DEEP@"}]
+    decoded = decode_request(with_raw(document, {"@DEEP@": deep_json_value(2_000)}), JSON)
+    stored = [s.name for s in decoded.request.resource_spans[0].scope_spans[0].spans]
+    assert stored == ["first", "last"]
+    [reason] = decoded.rejected
+    assert reason.startswith("resource 0, scope 0, span 1: ") and "nested deeper" in reason
+    batch = map_request(decoded)
+    assert [s["name"] for s in batch.spans] == ["first", "last"] and len(batch.rejected) == 1
+
+
+def test_an_over_deep_json_resource_refuses_its_spans_only() -> None:
+    request = make_request(three_spans())
+    request.resource_spans.append(make_request(three_spans()).resource_spans[0])
+    document = otlp_json(request)
+    document["resourceSpans"][1]["resource"] = {"attributes": [{"key": "deep", "value": "@DEEP@"}]}
+    decoded = decode_request(with_raw(document, {"@DEEP@": deep_json_value(2_000)}), JSON)
+    assert len(decoded.request.resource_spans[0].scope_spans[0].spans) == 3
+    assert len(decoded.rejected) == 3
+    assert all(r.startswith("resource 1") and "its resource" in r for r in decoded.rejected)
+    assert "nested deeper" in decoded.rejected[0]
+
+
+def test_moderately_deep_json_decodes_as_before() -> None:
+    document = otlp_json(make_request(three_spans()))
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["attributes"] = [
+        {"key": "deep", "value": "@DEEP@"}
+    ]
+    decoded = decode_request(with_raw(document, {"@DEEP@": deep_json_value(20)}), JSON)
+    assert decoded.rejected == []
+    assert len(decoded.request.resource_spans[0].scope_spans[0].spans) == 3

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -143,14 +145,33 @@ def _lenient_class(full_name: str) -> type[Message]:
 _ID_FIELDS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
 
 
+# json.loads recurses once per level of nesting and so fails the whole document on one value
+# nested past Python's recursion limit. Only then is the text scanned again, and each array or
+# object deeper than this replaced by a marker, so that only the span (or resource, or scope)
+# holding it is refused. json_format refuses messages nested past 100 levels anyway (about 140
+# levels of JSON below a span), so the marker costs no span that would be stored otherwise.
+MAX_JSON_DEPTH = 256
+TOO_DEEP = f"cannot be decoded: nested deeper than {MAX_JSON_DEPTH} levels"
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
 def decode_json(body: bytes) -> Decoded:
     if not body.strip():
         return Decoded(ExportTraceServiceRequest())
+    # surrogateescape keeps a stray non-UTF-8 byte from failing the whole request; the span
+    # holding it fails alone below, as a lone surrogate cannot become a protobuf string.
+    text = body.decode("utf-8", "surrogateescape")
+    marker = None
     try:
-        # surrogateescape keeps a stray non-UTF-8 byte from failing the whole request; the span
-        # holding it fails alone below, as a lone surrogate cannot become a protobuf string.
-        document = json.loads(body.decode("utf-8", "surrogateescape"))
-    except (ValueError, RecursionError) as exc:
+        document = json.loads(text)
+    except RecursionError:
+        # A NUL and a random part: no value sent can be mistaken for it.
+        marker = f"\x00too deep {uuid.uuid4().hex}"
+        try:
+            document = json.loads(_replace_deep(text, json.dumps(marker)))
+        except (ValueError, RecursionError) as exc:
+            raise MalformedPayload(f"not valid JSON: {_short(exc)}") from None
+    except ValueError as exc:
         raise MalformedPayload(f"not valid JSON: {_short(exc)}") from None
     if not isinstance(document, dict):
         raise MalformedPayload("an OTLP/JSON request must be a JSON object")
@@ -158,12 +179,12 @@ def decode_json(body: bytes) -> Decoded:
     for r, resource_spans in enumerate(_list(document, "resourceSpans", "resource_spans")):
         _require_object(resource_spans, f"resourceSpans[{r}]")
         target = decoded.request.resource_spans.add()
-        resource_error = _parse_part(resource_spans, ("resource",), target.resource)
-        _parse_part(resource_spans, ("schemaUrl", "schema_url"), target, field="schema_url")
+        resource_error = _parse_part(resource_spans, ("resource",), target.resource, marker)
+        _parse_part(resource_spans, ("schemaUrl", "schema_url"), target, marker, "schema_url")
         for s, scope_spans in enumerate(_list(resource_spans, "scopeSpans", "scope_spans")):
             _require_object(scope_spans, f"resourceSpans[{r}].scopeSpans[{s}]")
             scope_target = target.scope_spans.add()
-            scope_error = _parse_part(scope_spans, ("scope",), scope_target.scope)
+            scope_error = _parse_part(scope_spans, ("scope",), scope_target.scope, marker)
             for i, raw_span in enumerate(_list(scope_spans, "spans")):
                 where = f"resource {r}, scope {s}, span {i}"
                 if resource_error or scope_error:
@@ -171,12 +192,50 @@ def decode_json(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = _parse_span(raw_span, span)
+                error = TOO_DEEP if _holds(raw_span, marker) else _parse_span(raw_span, span)
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
                     scope_target.spans.append(span)
     return decoded
+
+
+def _replace_deep(text: str, marker: str) -> str:
+    """text with each array or object nested deeper than MAX_JSON_DEPTH replaced by marker."""
+    pieces: list[str] = []
+    depth = 0
+    kept = 0  # text[:kept] is in pieces
+    cut_from = -1
+    for token in _TOKENS.finditer(text):
+        char = token.group()
+        if char[0] == '"':
+            continue
+        if char in "[{":
+            depth += 1
+            if depth == MAX_JSON_DEPTH + 1:
+                cut_from = token.start()
+        else:
+            if depth == MAX_JSON_DEPTH + 1 and cut_from >= 0:
+                pieces += [text[kept:cut_from], marker]
+                kept, cut_from = token.end(), -1
+            depth -= 1
+    pieces.append(text[kept:])
+    return "".join(pieces)
+
+
+def _holds(value: Any, marker: str | None) -> bool:
+    if marker is None:
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item == marker:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _require_object(value: Any, where: str) -> None:
@@ -196,11 +255,17 @@ def _list(container: Any, *names: str) -> list[Any]:
 
 
 def _parse_part(
-    container: dict[str, Any], names: tuple[str, ...], target: Message, field: str | None = None
+    container: dict[str, Any],
+    names: tuple[str, ...],
+    target: Message,
+    marker: str | None = None,
+    field: str | None = None,
 ) -> str | None:
     value = next((container[n] for n in names if n in container), None)
     if value is None:
         return None
+    if _holds(value, marker):
+        return TOO_DEEP
     if field is None and not isinstance(value, dict):
         return f"cannot be decoded: must be a JSON object, got {type(value).__name__}"
     try:
