@@ -106,3 +106,23 @@ def test_an_over_deep_json_attribute_refuses_only_its_span(
     assert "span 1" in result["errorMessage"] and "nested deeper" in result["errorMessage"]
     stored = fetch(clean_observability, "select name from observability.spans")
     assert [r["name"] for r in stored] == ["root"]
+
+
+def test_bytes_not_utf8_in_unstored_fields_do_not_cost_the_span(
+    endpoint: str, clean_observability: str
+) -> None:
+    kept = make_span(TRACE, ROOT, "kept", START, START + 10**9)
+    kept.events.add(name="chunk-\u00e9", time_unix_nano=START + 1)
+    link = kept.links.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)))
+    link.attributes.add(key="note").value.string_value = "link-\u00e9"
+    refused = make_span(TRACE, "00f067aa0ba902b7", "name-\u00e9", START, START + 1)
+    request = make_request([kept, refused])
+    request.resource_spans[0].scope_spans[0].scope.version = "1.0-\u00e9"
+    body = request.SerializeToString()
+    for text in ("chunk-\u00e9", "link-\u00e9", "1.0-\u00e9", "name-\u00e9"):
+        body = body.replace(text.encode(), text.encode()[:-2] + b"\xff\xfe")
+    result = partial(post(endpoint, body, PROTOBUF))
+    assert result.rejected_spans == 1
+    assert "span 1: cannot be decoded" in result.error_message and "UTF-8" in result.error_message
+    stored = fetch(clean_observability, "select name from observability.spans")
+    assert [r["name"] for r in stored] == ["kept"]
