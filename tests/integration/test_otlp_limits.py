@@ -126,3 +126,19 @@ def test_bytes_not_utf8_in_unstored_fields_do_not_cost_the_span(
     assert "span 1: cannot be decoded" in result.error_message and "UTF-8" in result.error_message
     stored = fetch(clean_observability, "select name from observability.spans")
     assert [r["name"] for r in stored] == ["kept"]
+
+
+def test_a_thirty_day_span_is_stored_with_a_warning_naming_duration_ms(
+    endpoint: str, clean_observability: str
+) -> None:
+    end = START + 30 * 86_400 * 10**9
+    request = make_request([make_span(TRACE, ROOT, "batch job", START, end)])
+    result = partial(post(endpoint, request.SerializeToString(), PROTOBUF))
+    assert result.rejected_spans == 0
+    assert "1 span durations over 2147483647 ms (int4) left out of spans.duration_ms" in (
+        result.error_message
+    )
+    assert "traces.duration_ms" in result.error_message
+    for table in ("spans", "traces"):
+        [row] = fetch(clean_observability, f"select * from observability.{table}")
+        assert row["duration_ms"] is None and row["ended_at"] is not None

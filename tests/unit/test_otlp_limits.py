@@ -140,3 +140,18 @@ def test_moderately_deep_json_decodes_as_before() -> None:
     decoded = decode_request(with_raw(document, {"@DEEP@": deep_json_value(20)}), JSON)
     assert decoded.rejected == []
     assert len(decoded.request.resource_spans[0].scope_spans[0].spans) == 3
+
+
+def test_a_duration_past_int4_milliseconds_is_left_out_with_a_warning() -> None:
+    thirty_days = 30 * 86_400 * 10**9
+    root = make_span(TRACE, ROOT, "batch job", START, START + thirty_days)
+    child = make_span(TRACE, CHILD, "step", START, START + thirty_days, parent_span_id=ROOT)
+    short = make_span(TRACE, "1111111111111111", "short", START, START + 10**9, parent_span_id=ROOT)
+    batch = map_request(make_request([root, child, short]))
+    assert [s["duration_ms"] for s in batch.spans] == [None, None, 1000]
+    assert all(s["ended_at"] is not None for s in batch.spans)
+    assert batch.traces[0]["duration_ms"] is None
+    assert sorted(batch.warnings) == [
+        "1 trace durations over 2147483647 ms (int4) left out of traces.duration_ms",
+        "2 span durations over 2147483647 ms (int4) left out of spans.duration_ms",
+    ]

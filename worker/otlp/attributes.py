@@ -27,6 +27,8 @@ _WARNINGS = {
     "non_finite": "NaN or infinite doubles stored as strings",
     "dropped": "attribute values dropped to fit the attributes size limit ({limit} bytes)",
     "indexed": "model, provider or session ids cut to fit their indexed columns ({limit} bytes)",
+    "span_duration": "span durations over {limit} ms (int4) left out of spans.duration_ms",
+    "trace_duration": "trace durations over {limit} ms (int4) left out of traces.duration_ms",
 }
 
 

@@ -128,8 +128,13 @@ def map_span(
         raise SpanRejected("the span name is empty")
     started_at = _time(start)
     ended_at = _time(end) if end else None
-    duration = (end - start) // 1_000_000 if end else None
-    duration_ms = duration if duration is not None and duration <= c.INT4_MAX else None
+    duration_ms = (end - start) // 1_000_000 if end else None
+    if duration_ms is not None and duration_ms > c.INT4_MAX:
+        # The column is int4: about 24.8 days. ended_at keeps the end.
+        duration_ms = None
+        notes.note("span_duration", c.INT4_MAX)
+        if parent_span_id is None:
+            notes.note("trace_duration", c.INT4_MAX)
 
     before = notes.chars
     attrs, past_limit = split_attributes(span.attributes, notes, c.SPAN_KEYS)
