@@ -163,7 +163,7 @@ def map_span(
         "model": model,
         "input_tokens": taken.value(c.INPUT_TOKENS, c.count_value),
         "output_tokens": taken.value(c.OUTPUT_TOKENS, c.count_value),
-        "time_to_first_token_ms": taken.value(c.TIME_TO_FIRST_TOKEN_S, c.seconds_to_ms),
+        "time_to_first_token_ms": _time_to_first_token(span, taken),
         "cost_usd": None,
         "kb_id": kb,
         "documents_retrieved": None,
@@ -205,6 +205,15 @@ def map_span(
     chars += origin.resource_chars + len(origin.scope) + 32
     fit(trace_attrs, LIMITS.max_json_bytes, notes, chars)
     return row, trace
+
+
+def _time_to_first_token(span: Span, taken: _Taker) -> int | None:
+    """From the attribute when one is usable, else from the first stream chunk event."""
+    ms = taken.value(c.TIME_TO_FIRST_TOKEN_S, c.seconds_to_ms)
+    if ms is not None or not span.events:
+        return ms
+    chunks = (e.time_unix_nano for e in span.events if e.name in c.STREAM_CHUNK_EVENTS)
+    return c.first_chunk_ms(span.start_time_unix_nano, chunks)
 
 
 def _status(span: Span, taken: _Taker, notes: Notes) -> tuple[str, str | None, str | None]:
