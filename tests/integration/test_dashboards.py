@@ -72,7 +72,7 @@ COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
     ("llm-overview", "LLM error rate by model"): ("time", "model", "error_rate"),
     ("llm-overview", "Models over the range"): (
         "model", "calls", "error_rate", "p50_ms", "p95_ms", "p99_ms", "ttft_p95_ms",
-        "input_tokens", "output_tokens", "cost_usd",
+        "input_tokens", "output_tokens", "cost_usd", "unpriced_calls", "unpriced_rate",
     ),
     ("knowledge-bases-and-users", "Knowledge bases"):
         ("knowledge_base", "traces", "error_rate", "p50_ms", "p95_ms", "tokens", "cost_usd"),
@@ -104,6 +104,7 @@ MAY_BE_NULL = {"last_run_status", "last_successful_finish", "next_start"}
 COUNT_COLUMNS = {
     "traces", "calls", "tokens", "input_tokens", "output_tokens", "events", "errors", "rows",
     "failed_runs", "buckets_synced", "total_runs", "total_failures", "refresh_failures",
+    "unpriced_calls",
 }  # fmt: skip
 
 

@@ -266,6 +266,12 @@ def test_cost_coverage_counts_llm_spans_without_a_cost_by_model(
             llm("d7ad6b7169203331", START + 3 * 10**8, "gpt-4o", None),
         ],
     )
+    # Another test may have materialized this hour before: bring it up to date.
+    with psycopg.connect(clean_observability, autocommit=True) as conn:
+        conn.execute(
+            "call refresh_continuous_aggregate('observability.llm_spans_hourly', %s, %s)",
+            [at(START), at(START + HOUR_NS)],
+        )
     rows = fetch(
         clean_observability,
         "select dimension_type, dimension_value, count, sum, min, max from observability.metrics "

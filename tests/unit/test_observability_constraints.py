@@ -35,6 +35,7 @@ from worker.models import (
     ProviderSyncStatus,
     Span,
     Trace,
+    TraceExtent,
     WorkerLease,
 )
 
@@ -54,6 +55,12 @@ class Case:
 
     def row(self) -> dict[str, Any]:
         return self.factory(**self.overrides)
+
+
+def create_trace_extent(**overrides: Any) -> dict[str, Any]:
+    first = datetime(2026, 11, 30, tzinfo=UTC)
+    row = {"trace_id": "a" * 32, "first_started_at": first, "last_started_at": first}
+    return {**row, **overrides}
 
 
 def _span_with_parent(parent: str) -> dict[str, Any]:
@@ -176,6 +183,12 @@ CASES = [
         WorkerLease,
         create_worker_lease,
         {"expires_at": datetime(2020, 1, 1, tzinfo=UTC)},
+    ),
+    Case(
+        "trace_extents_first_not_after_last",
+        TraceExtent,
+        create_trace_extent,
+        {"last_started_at": datetime(2026, 11, 29, tzinfo=UTC)},
     ),
 ]
 
