@@ -46,6 +46,7 @@ CATCH_UP_BUCKETS = {"hour": 7 * 24, "day": 31, "week": 8}
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
 BACKFILL_REFRESH_RETRIES = 6
 
+
 class RangeBeyondRetention(InvalidWindow):
     """The window reaches back past the raw-data retention horizon."""
 

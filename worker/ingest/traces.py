@@ -23,21 +23,25 @@ FINE_LOCK_LIMIT = 256
 LOCK_BUCKETS = 1024
 LOCK_CLASS = 0x6F627376  # the first key of the bucket locks, apart from other advisory locks
 
-_BUCKET_LOCKS = """
-select pg_catalog.{function}(%(class)s, b.bucket)
-from (
-  select distinct (pg_catalog.hashtextextended(t, 0) & %(mask)s)::integer as bucket
-  from pg_catalog.unnest(%(ids)s::text[]) as t
-  order by 1
-) as b
+_BUCKETS = """
+select (pg_catalog.hashtextextended(t, 0) & %(mask)s)::integer as bucket
+from pg_catalog.unnest(%(ids)s::text[]) as t
 """
-_TRACE_LOCKS = """
-select pg_catalog.pg_advisory_xact_lock(k.key)
-from (
-  select distinct pg_catalog.hashtextextended(t, 0) as key
-  from pg_catalog.unnest(%(ids)s::text[]) as t
-  order by 1
-) as k
+_KEYS = """
+select pg_catalog.hashtextextended(t, 0) as key from pg_catalog.unnest(%(ids)s::text[]) as t
+"""
+# Buckets first, then traces, each in ascending order, so that no two writers wait for each
+# other in a circle. The branches of UNION ALL run one after the other: one round trip.
+_FINE_LOCKS = f"""
+select pg_catalog.count(pg_catalog.pg_advisory_xact_lock_shared(%(class)s, b.bucket))
+from (select distinct bucket from ({_BUCKETS}) as a order by 1) as b
+union all
+select pg_catalog.count(pg_catalog.pg_advisory_xact_lock(k.key))
+from (select distinct key from ({_KEYS}) as a order by 1) as k
+"""
+_COARSE_LOCKS = f"""
+select pg_catalog.count(pg_catalog.pg_advisory_xact_lock(%(class)s, b.bucket))
+from (select distinct bucket from ({_BUCKETS}) as a order by 1) as b
 """
 
 # The roots (spans without a parent) of each trace as stored, this batch's included.
@@ -149,11 +153,7 @@ def lock_traces(cur: psycopg.Cursor[Any], trace_ids: Collection[str]) -> None:
     if not ids:
         return
     params = {"ids": ids, "class": LOCK_CLASS, "mask": LOCK_BUCKETS - 1}
-    if len(ids) <= FINE_LOCK_LIMIT:
-        cur.execute(_BUCKET_LOCKS.format(function="pg_advisory_xact_lock_shared"), params)
-        cur.execute(_TRACE_LOCKS, params)
-    else:
-        cur.execute(_BUCKET_LOCKS.format(function="pg_advisory_xact_lock"), params)
+    cur.execute(_FINE_LOCKS if len(ids) <= FINE_LOCK_LIMIT else _COARSE_LOCKS, params)
 
 
 def from_roots(
