@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.oracle.run import CaseResult, run_case
+from tests.oracle.send import endpoint
+
+# An independent oracle for every number the store publishes (tests/oracle/): seeded LLM/RAG
+# traffic goes in through the OTLP endpoint (official exporter and OTLP/JSON) and the bulk
+# writer; the figures expected from what was sent are compared with the rows, the rollup views,
+# metrics_aggregates after the worker's sync, and days in a local time zone.
+# `make test` runs one fixed seed; `make fuzz` runs random seeds for FUZZ_SECONDS.
+
+SEED = 20261202
+TRACES = 250
+DOCUMENTS = 120
+
+
+@pytest.fixture(scope="module")
+def otlp_endpoint(migrated_database_url: str) -> Iterator[str]:
+    with endpoint(migrated_database_url) as url:
+        yield url
+
+
+def test_oracle_fixed_seed(otlp_endpoint: str, clean_observability: str) -> None:
+    result = run_case(clean_observability, otlp_endpoint, SEED, TRACES, DOCUMENTS)
+    print(result.report())
+    assert result.ok, result.report()
+
+
+def case_seeds(first: int) -> Iterator[int]:
+    """The first case replays FUZZ_SEED itself; the others follow from it."""
+    seed = first
+    while True:
+        yield seed
+        seed = random.Random(seed).getrandbits(32)
+
+
+def case_size(seed: int) -> tuple[int, int]:
+    rng = random.Random(seed ^ 0x5EED)
+    return rng.randrange(80, 700), rng.randrange(20, 400)
+
+
+@pytest.mark.skipif(not os.environ.get("ORACLE_FUZZ"), reason="run by make fuzz")
+@pytest.mark.timeout(0)
+def test_oracle_fuzz(otlp_endpoint: str, clean_observability: str) -> None:
+    budget = float(os.environ.get("FUZZ_SECONDS") or 1800)
+    first = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().getrandbits(32))
+    print(f"\nFUZZ_SEED={first} FUZZ_SECONDS={budget:g}", flush=True)
+    deadline = time.monotonic() + budget
+    failures: dict[frozenset[tuple[str, str]], CaseResult] = {}
+    cases = 0
+    for seed in case_seeds(first):
+        traces, documents = case_size(seed)
+        started = time.monotonic()
+        result = run_case(clean_observability, otlp_endpoint, seed, traces, documents)
+        cases += 1
+        took = time.monotonic() - started
+        verdict = "ok" if result.ok else f"{len(result.diffs)} differences"
+        print(
+            f"case {cases}: seed {seed}, {traces} traces, {documents} documents, "
+            f"{took:.0f}s: {verdict}",
+            flush=True,
+        )
+        if not result.ok:
+            # one report per kind of failure (which views and fields differ), first seed kept
+            kind = frozenset((d.view, d.field) for d in result.diffs)
+            if kind not in failures:
+                failures[kind] = result
+                print(result.report(), flush=True)
+        if time.monotonic() + took > deadline:
+            break
+    summary = "\n\n".join(
+        f"replay: make fuzz FUZZ_SEED={r.seed}\n{r.report()}" for r in failures.values()
+    )
+    print(f"{cases} cases, {len(failures)} kinds of failure", flush=True)
+    assert not failures, summary
