@@ -12,7 +12,10 @@
 -- llm.time_to_first_token_ms, llm.input_tokens, llm.output_tokens, llm.cost_usd (LLM spans);
 -- document.duration_ms (document processing steps). For every source, <source>.errors treats
 -- each row as an observation of 1 (status error) or 0: its count is the number of traces, spans
--- or events, its sum the number of errors and its avg the error rate. Percentiles are NULL for
+-- or events, its sum the number of errors and its avg the error rate. llm.cost_unknown does the
+-- same for LLM spans without a cost (a model missing from observability.model_prices, or no
+-- token counts): its sum counts them and its avg is the share of calls whose cost the cost sums
+-- leave out; by model, it shows which models lack a price. Percentiles are NULL for
 -- metrics without a sketch (tokens and cost of LLM spans, cost of traces, errors).
 --
 -- Dimensions: overall (dimension_value ''), operation_type, kb and user for traces; model and
@@ -84,6 +87,9 @@ cross join lateral (
       r.cost_max::float8, null, null),
     ('llm.errors', r.span_count, r.error_count::float8,
       (r.error_count = r.span_count)::integer::float8, (r.error_count > 0)::integer::float8,
+      null, null),
+    ('llm.cost_unknown', r.span_count, (r.span_count - r.cost_count)::float8,
+      (r.cost_count = 0)::integer::float8, (r.cost_count < r.span_count)::integer::float8,
       null, null)
 ) as m (metric_type, count, sum, min, max, sketch, percentiles)
 union all

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from psycopg import sql
 
 from worker.ingest import COST_SOURCE_KEY, Reject, write_batch
 from worker.ingest import writer as writer_module
-from worker.ingest.items import SPAN
+from worker.ingest.items import SPAN, TRACE
 from worker.ingest.pricing import PROVIDER_ALIASES, canonical_provider
 
 # Recent, so that no compression or retention policy touches the rows during a test.
@@ -278,21 +279,14 @@ def test_a_database_error_writes_nothing_of_the_batch(
     db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No item that passes validation breaks a constraint, so the fault is forced: the span
-    # upsert fails after the traces of the same batch were written.
+    # upsert fails after the spans of the same batch were written (spans go first).
     real = writer_module.upsert_statements
 
     def failing(kind: Any) -> Any:
         statements = real(kind)
-        if kind is SPAN:
+        if kind is TRACE:
             broken = sql.SQL("select 1 / 0 from pg_temp.{}").format(statements.stage)
-            return writer_module.UpsertStatements(
-                statements.stage,
-                statements.create_stage,
-                statements.empty_stage,
-                statements.copy,
-                statements.copy_types,
-                broken,
-            )
+            return dataclasses.replace(statements, upsert=broken)
         return statements
 
     monkeypatch.setattr(writer_module, "upsert_statements", failing)

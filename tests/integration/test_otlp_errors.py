@@ -25,7 +25,8 @@ from worker.otlp.store import store
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 ROOT = "b7ad6b7169203331"
-START = 1_767_225_600_000_000_000
+# Within the accepted times: the start of the hour three hours ago.
+START = (int(time.time()) // 3600 - 3) * 3600 * 10**9
 PROTOBUF = {"content-type": "application/x-protobuf"}
 LIMIT = 1024 * 1024
 TOKEN = "s3cret-token"
@@ -165,7 +166,7 @@ def test_writer_rejects_are_reported(clean_observability: str) -> None:
     batch = map_request(make_request([sibling("bad type", "5555555555555555"), sibling()]))
     batch.spans[0]["span_type"] = "not-a-type"  # past the mapper, as only the writer checks
     with psycopg.connect(clean_observability) as conn:
-        refused = store(conn, batch)
+        refused = store(conn, batch).refused
     assert [r.kind for r in refused] == ["span"]
     assert "5555555555555555" in refused[0].reason and "span_type" in refused[0].reason
     assert stored_span_names(clean_observability) == ["good sibling"]
@@ -191,7 +192,7 @@ def test_database_refusal_loses_only_the_refused_row(
     spans = [sibling(name, f"{i + 1:016x}") for i, name in enumerate(names)]
     batch = map_request(make_request(spans))
     with psycopg.connect(clean_observability) as conn:
-        refused = store(conn, batch)
+        refused = store(conn, batch).refused
     assert len(refused) == 1 and "refused by the database" in refused[0].reason
     assert stored_span_names(clean_observability) == sorted(names[:-1])
 

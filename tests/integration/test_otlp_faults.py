@@ -21,7 +21,8 @@ from worker.otlp.store import store
 
 TRACE = "4af7651916cd43dd8448eb211c80319c"
 ROOT = "b7ad6b7169203331"
-START = 1_767_225_600_000_000_000
+# Within the accepted times: the start of the hour three hours ago.
+START = (int(time.time()) // 3600 - 3) * 3600 * 10**9
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
 
@@ -78,16 +79,21 @@ def test_a_model_too_long_for_its_index_is_cut_and_the_request_stored(
     assert rows == [("good", None), ("long", "m" * 1000), ("root", None)]
 
 
-def test_token_totals_past_int4_do_not_overflow(endpoint: str, clean_observability: str) -> None:
+def test_token_totals_past_int4_are_null_with_a_warning(
+    endpoint: str, clean_observability: str
+) -> None:
+    # 4e9 tokens do not fit the int4 total: stored as NULL (unknown), never cut to the
+    # column's maximum, and the response says so.
     big = {"gen_ai.request.model": "x", "gen_ai.usage.input_tokens": 2_000_000_000}
     big["gen_ai.usage.output_tokens"] = 2_000_000_000
     first = make_request([root(), child("00f067aa0ba902b7", "c", **big)])
-    assert partial(post(endpoint, first)).rejected_spans == 0
+    answer = partial(post(endpoint, first))
+    assert answer.rejected_spans == 0
+    assert f"trace {TRACE}: total_tokens stored as NULL" in answer.error_message
+    assert "4,000,000,000" in answer.error_message
     later = make_request([child("00f067aa0ba902b8", "later")])
     assert post(endpoint, later).status_code == 200
-    assert fetch(clean_observability, "select total_tokens from observability.traces") == [
-        (2_147_483_647,)
-    ]
+    assert fetch(clean_observability, "select total_tokens from observability.traces") == [(None,)]
     assert fetch(clean_observability, "select count(*) from observability.spans") == [(3,)]
 
 
@@ -149,7 +155,7 @@ def test_store_raises_rather_than_refusing_spans_on_a_read_only_database(
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             store(conn, batch)
         conn.rollback()
-        assert store(conn, batch) == []
+        assert store(conn, batch).refused == []
     assert fetch(clean_observability, "select count(*) from observability.spans") == [(2,)]
 
 

@@ -30,6 +30,7 @@ from worker.aggregation.windows import (
     check_granularity,
     default_window,
 )
+from worker.retention import raw_horizon
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker.aggregation")
@@ -46,18 +47,6 @@ BACKFILL_REFRESH_RETRIES = 6
 # The shortest raw-data retention and the narrowest raw chunk: retention drops whole chunks
 # whose end is older than now - drop_after, so the chunk holding that horizon is still complete.
 # Either extreme errs on the side of a later horizon when the tables differ.
-_RETENTION = """
-select pg_catalog.min((j.config ->> 'drop_after')::interval),
-  (select pg_catalog.min(d.time_interval) from timescaledb_information.dimensions as d
-    where d.hypertable_schema = 'observability'
-      and d.hypertable_name in ('traces', 'spans', 'document_events'))
-from timescaledb_information.jobs as j
-where j.proc_name = 'policy_retention' and j.hypertable_schema = 'observability'
-  and j.hypertable_name in ('traces', 'spans', 'document_events')
-"""
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RangeBeyondRetention(InvalidWindow):
@@ -145,18 +134,6 @@ def _url(database_url: str | None) -> str:
     if not url:
         raise MissingDatabaseUrl("no database: pass database_url or set DATABASE_URL")
     return url
-
-
-def raw_horizon(conn: psycopg.Connection[Any], now: datetime) -> datetime | None:
-    """The oldest time whose raw rows retention has not dropped (None without retention)."""
-    row = conn.execute(_RETENTION).fetchone()
-    retention, chunk = row if row else (None, None)
-    if retention is None:
-        return None
-    horizon: datetime = now - retention
-    if chunk:
-        horizon = _EPOCH + ((horizon - _EPOCH) // chunk) * chunk
-    return horizon
 
 
 def check_retention(

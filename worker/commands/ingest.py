@@ -4,6 +4,7 @@ import argparse
 import ipaddress
 import logging
 import os
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from worker.commands import add_database_url, database_url
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.ingest")
 
 TOKEN_ENV = "OBSERVABILITY_INGEST_TOKEN"
+MAX_FUTURE_ENV = "OBSERVABILITY_MAX_FUTURE_SECONDS"
 
 
 def register(subparsers: SubParsers) -> None:
@@ -50,6 +52,13 @@ def register(subparsers: SubParsers) -> None:
         help="requests processed at once; others wait before their body is read. Each takes "
         "about 6 times its body size in memory while it is processed (default: 4)",
     )
+    ingest.add_argument(
+        "--max-future-seconds",
+        type=_positive,
+        default=None,
+        help="refuse spans starting more than this many seconds ahead of the server's clock "
+        f"(default: the {MAX_FUTURE_ENV} environment variable, else 3600)",
+    )
     ingest.set_defaults(handler=run)
 
 
@@ -70,8 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
     from worker.otlp.server import Settings, create_app
 
+    try:
+        max_future = args.max_future_seconds or _positive(os.environ.get(MAX_FUTURE_ENV) or "3600")
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        log.error("%s must be a whole number of seconds, at least 1: %s", MAX_FUTURE_ENV, exc)
+        return 2
     settings = Settings(
         database_url=url,
+        max_future=timedelta(seconds=max_future),
         max_body_bytes=args.max_body_bytes,
         token=token,
         pool_size=args.pool_size,

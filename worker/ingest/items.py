@@ -22,13 +22,17 @@ class Column:
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of item: its table, its columns in table order and its upsert key."""
+    """One kind of item: its table, its columns in table order, its upsert key (the primary
+    key, which on a hypertable must hold the time column) and its identity (what makes two
+    deliveries the same item; the key unless the time column may change between them)."""
 
     name: str  # as reported in Reject.kind
     table: str
     columns: tuple[Column, ...]
     key: tuple[str, ...]
     finish: Callable[[dict[str, Any]], None] | None = None
+    identity: tuple[str, ...] = ()
+    time_column: str = ""
     column_names: tuple[str, ...] = field(init=False, compare=False)
     _checks: dict[str, Check] = field(init=False, repr=False, compare=False)
     _required: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -37,6 +41,7 @@ class Kind:
     )
     _defaults: tuple[Any, ...] = field(init=False, repr=False, compare=False)
     _key_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _identity_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = tuple(c.name for c in self.columns)
@@ -48,9 +53,23 @@ class Kind:
         defaults = tuple(None if callable(c.default) else c.default for c in self.columns)
         object.__setattr__(self, "_defaults", defaults)
         object.__setattr__(self, "_key_positions", tuple(names.index(k) for k in self.key))
+        identity = self.identity or self.key
+        object.__setattr__(self, "identity", identity)
+        object.__setattr__(self, "_identity_positions", tuple(names.index(k) for k in identity))
+
+    @property
+    def time_varies(self) -> bool:
+        """Whether a re-delivery may move the item to another time (another primary key)."""
+        return self.identity != self.key
 
     def key_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(row[i] for i in self._key_positions)
+
+    def identity_of(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(row[i] for i in self._identity_positions)
+
+    def position(self, column: str) -> int:
+        return self.column_names.index(column)
 
     def validate(self, item: Any, limits: Limits) -> tuple[Any, ...]:
         """The item as a row in column order; raises Invalid with the reason."""
@@ -126,6 +145,8 @@ TRACE = Kind(
     ),
     key=("trace_id", "started_at"),
     finish=_duration,
+    identity=("trace_id",),
+    time_column="started_at",
 )
 
 SPAN = Kind(
@@ -156,6 +177,8 @@ SPAN = Kind(
     ),
     key=("trace_id", "span_id", "started_at"),
     finish=_finish_span,
+    identity=("trace_id", "span_id"),
+    time_column="started_at",
 )
 
 CHAT_MESSAGE = Kind(
@@ -178,6 +201,7 @@ CHAT_MESSAGE = Kind(
         _ATTRIBUTES,
     ),
     key=("id", "created_at"),
+    time_column="created_at",
 )
 
 DOCUMENT_EVENT = Kind(
@@ -199,6 +223,7 @@ DOCUMENT_EVENT = Kind(
         _ATTRIBUTES,
     ),
     key=("id", "created_at"),
+    time_column="created_at",
 )
 
 KINDS = (TRACE, SPAN, CHAT_MESSAGE, DOCUMENT_EVENT)

@@ -10,9 +10,11 @@ from typing import Any
 import psycopg
 
 from worker.aggregation.refresh import refresh_bounds
-from worker.aggregation.service import raw_horizon
 from worker.aggregation.windows import bucket_floor
-from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_PRICES, COST_SOURCE_SPANS
+from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_PRICES
+from worker.ingest.time_policy import lower_bound
+from worker.ingest.traces import SPANS_MARK, lock_traces, update_totals
+from worker.retention import raw_horizon
 
 # The rollups over span costs and over trace costs, lowest level first: each level is
 # refreshed from the one below.
@@ -66,26 +68,18 @@ select pg_catalog.count(*), pg_catalog.sum(cost_usd), pg_catalog.min(started_at)
   pg_catalog.max(started_at), pg_catalog.array_agg(distinct trace_id)
 from changed
 """
-# Trace costs that are the sum of their spans' costs (marked so by the OTLP endpoint, as
-# worker/otlp/store.py TOTALS_SQL computes them) are summed again for the traces of the
-# changed spans. Trace costs the application sent are not marked and stay as they are.
-TRACES_SQL = """
-with changed as (
-  update observability.traces as t
-  set cost_usd = s.cost
-  from (
-    select trace_id, least(pg_catalog.sum(cost_usd), 9999.999999)::numeric(10, 6)
-      as cost
-    from observability.spans
-    where trace_id = any(%(trace_ids)s::text[])
-    group by trace_id
-  ) as s
-  where t.trace_id = s.trace_id and t.attributes @> %(spans_marker)s::jsonb
-    and t.cost_usd is distinct from s.cost
-  returning t.started_at
-)
-select pg_catalog.count(*), pg_catalog.min(started_at), pg_catalog.max(started_at)
-from changed
+# Traces whose totals are sums over their spans (marked so by the OTLP endpoint) are all summed
+# again, whether or not one of their spans changed now: a run also repairs totals that an
+# earlier version or a failed run left behind. Trace costs the application sent are not marked
+# and stay as they are.
+WINDOW_TRACES_SQL = """
+select t.trace_id from observability.traces as t
+where t.started_at >= %(start)s and t.started_at < %(end)s
+  and t.attributes @> %(spans_marker)s::jsonb
+"""
+TRACE_COSTS_SQL = """
+select t.trace_id, t.started_at, t.cost_usd from observability.traces as t
+where t.trace_id = any(%s::text[]) and t.started_at >= %s
 """
 REFRESH_SQL = "call public.refresh_continuous_aggregate(%s::regclass, %s, %s)"
 
@@ -154,12 +148,7 @@ def recost(
         before = conn.execute(BEFORE_SQL, params).fetchone()
         after = conn.execute(UPDATE_SQL, params).fetchone()
         assert after is not None
-        trace_ids = after[4] or []
-        traces = (0, None, None)
-        if trace_ids:
-            marker = f'{{"{COST_SOURCE_KEY}": "{COST_SOURCE_SPANS}"}}'
-            found = conn.execute(TRACES_SQL, {"trace_ids": trace_ids, "spans_marker": marker})
-            traces = found.fetchone() or traces
+        traces = _sum_traces(conn, start, end, after[4] or [])
     assert before is not None
     result.candidates, result.cost_before = before[0], before[1] or Decimal(0)
     result.changed, result.cost_after = after[0], after[1] or Decimal(0)
@@ -192,6 +181,30 @@ def recost(
             _refresh(conn, window, sleep)
             result.refreshed.append(window)
     return result
+
+
+def _sum_traces(
+    conn: psycopg.Connection[Any], start: datetime, end: datetime, changed: list[str]
+) -> tuple[int, datetime | None, datetime | None]:
+    """Sum the window's span-summed traces and those of the changed spans again; returns how
+    many traces' costs changed and their earliest and latest start."""
+    horizon = lower_bound(raw_horizon(conn, datetime.now(UTC)))
+    with conn.cursor() as cur:
+        cur.execute(WINDOW_TRACES_SQL, {"start": start, "end": end, "spans_marker": SPANS_MARK})
+        ids = {trace_id for (trace_id,) in cur} | set(changed)
+        lock_traces(cur, ids)
+        before = _costs(cur, ids, horizon)
+        update_totals(cur, ids, horizon)
+        after = _costs(cur, ids, horizon)
+    moved = [started for key, (started, cost) in after.items() if before[key][1] != cost]
+    return len(moved), min(moved, default=None), max(moved, default=None)
+
+
+def _costs(
+    cur: psycopg.Cursor[Any], ids: set[str], horizon: datetime
+) -> dict[str, tuple[datetime, Decimal | None]]:
+    cur.execute(TRACE_COSTS_SQL, [sorted(ids), horizon])
+    return {trace_id: (started, cost) for trace_id, started, cost in cur}
 
 
 def _refresh(

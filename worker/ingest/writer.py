@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
@@ -11,7 +12,16 @@ from psycopg import sql
 
 from worker.ingest.items import CHAT_MESSAGE, DOCUMENT_EVENT, SPAN, TRACE, Kind
 from worker.ingest.pricing import price_spans
-from worker.ingest.validation import DEFAULT_LIMITS, Invalid, Limits, json_array, json_object
+from worker.ingest.time_policy import DEFAULT_MAX_FUTURE, TimePolicy, current_policy
+from worker.ingest.traces import from_roots, lock_traces, too_long, update_totals
+from worker.ingest.validation import (
+    DEFAULT_LIMITS,
+    MILLISECOND,
+    Invalid,
+    Limits,
+    json_array,
+    json_object,
+)
 
 # Per connection, the kinds whose staging table (a temporary table) already exists.
 _STAGED: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.WeakKeyDictionary()
@@ -28,6 +38,8 @@ class Reject:
 class WriteResult:
     written: dict[str, int] = field(default_factory=dict)  # rows inserted or changed, per kind
     rejected: list[Reject] = field(default_factory=list)
+    # Items written with a change: a value past its column's range stored as NULL, say.
+    warnings: list[str] = field(default_factory=list)
 
 
 def write_batch(
@@ -38,57 +50,88 @@ def write_batch(
     chat_messages: Sequence[Mapping[str, Any]] = (),
     document_events: Sequence[Mapping[str, Any]] = (),
     limits: Limits = DEFAULT_LIMITS,
+    traces_from_spans: bool = False,
+    max_future: timedelta = DEFAULT_MAX_FUTURE,
 ) -> WriteResult:
     """Validate every item, then upsert the valid ones in one transaction.
 
     Invalid items come back as rejects with their reason and are not written; a database error
-    raises and writes nothing. Re-delivering an item updates its row (the last delivery wins,
-    also within one batch); an item equal to its stored row is not counted as written.
-    Traces are keyed by (trace_id, started_at), spans by (trace_id, span_id, started_at) and
-    chat messages and document events by (id, created_at): a re-delivery with another start
-    time or creation time is a new row. Spans without cost_usd that name a model and carry
-    token counts are priced from observability.model_prices.
+    raises and writes nothing. Items starting more than max_future ahead of now, and traces,
+    spans and document events older than the raw-data retention horizon, are rejected too.
+
+    There is one row per trace id, per (trace id, span id) and per chat message or document
+    event id: re-delivering an item updates its row, whatever its start time (the last delivery
+    wins, also within one batch); an item equal to its stored row is not counted as written.
+    Writers of the same traces wait for each other, so several processes may write at once.
+    Spans without cost_usd that name a model and carry token counts are priced from
+    observability.model_prices.
+
+    With traces_from_spans (the OTLP endpoint), each trace item is the report of one root span:
+    the stored trace starts at its earliest root's start and ends at its latest root's end,
+    takes its name, operation and dimensions from its earliest root, and its total_tokens and
+    cost_usd are the sums over its stored spans (NULL when no span has a value). Otherwise trace
+    rows are stored as given.
     """
     result = WriteResult()
+    policy = current_policy(conn, max_future)
     batches = []
+    # Spans before traces: a trace reported by its roots is derived from the stored spans.
     for kind, items in (
-        (TRACE, traces),
         (SPAN, spans),
+        (TRACE, traces),
         (CHAT_MESSAGE, chat_messages),
         (DOCUMENT_EVENT, document_events),
     ):
-        rows = _validate(kind, items, limits, result.rejected)
+        rows = _validate(kind, items, limits, policy, result, earliest=traces_from_spans)
         result.written[kind.name] = 0
         if rows:
             batches.append((kind, rows))
     if not batches:
         return result
+    write = _Write(batches, result, policy, traces_from_spans)
     nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
     staged = _STAGED.setdefault(conn, set())
+    warnings = list(result.warnings)
     try:
-        _write_all(conn, batches, result, staged, nested)
+        _write_all(conn, write, staged, nested)
     except psycopg.errors.UndefinedTable:
         # A staging table remembered from an earlier batch is gone (DISCARD TEMP, say): the
         # batch wrote nothing, so it can run again once with the tables created afresh.
         staged.clear()
         if nested:
             raise
-        _write_all(conn, batches, result, staged, nested)
+        result.warnings[:] = warnings
+        _write_all(conn, write, staged, nested)
     except BaseException:
         staged.clear()
         raise
     return result
 
 
+@dataclass(frozen=True)
+class _Write:
+    batches: list[tuple[Kind, list[tuple[Any, ...]]]]
+    result: WriteResult
+    policy: TimePolicy
+    traces_from_spans: bool
+
+    def trace_ids(self) -> set[str]:
+        return {
+            row[kind.position("trace_id")]
+            for kind, rows in self.batches
+            if kind in (SPAN, TRACE)
+            for row in rows
+        }
+
+
 def _write_all(
-    conn: psycopg.Connection[Any],
-    batches: list[tuple[Kind, list[tuple[Any, ...]]]],
-    result: WriteResult,
-    staged: set[str],
-    nested: bool,
+    conn: psycopg.Connection[Any], write: _Write, staged: set[str], nested: bool
 ) -> None:
+    result, horizon = write.result, write.policy.lower_bound
     with conn.transaction(), conn.cursor() as cur:
-        for kind, rows in batches:
+        trace_ids = write.trace_ids()
+        lock_traces(cur, trace_ids)
+        for kind, rows in write.batches:
             statements = upsert_statements(kind)
             if nested or kind.name not in staged:
                 cur.execute(statements.create_stage)
@@ -97,34 +140,67 @@ def _write_all(
                 cur.execute(statements.empty_stage)
             if kind is SPAN:
                 rows = price_spans(cur, rows)
+            elif kind is TRACE and write.traces_from_spans:
+                rows, warnings = from_roots(cur, rows, horizon)
+                result.warnings += warnings
             with cur.copy(statements.copy) as copy:
                 copy.set_types(statements.copy_types)
                 for row in rows:
                     copy.write_row(row)
+            if statements.delete_moved is not None:
+                cur.execute(statements.delete_moved, {"horizon": horizon})
             cur.execute(statements.upsert)
             result.written[kind.name] = cur.rowcount
+        if write.traces_from_spans:
+            result.warnings += update_totals(cur, trace_ids, horizon).warnings
     if not nested:
         # Committed: the staging tables exist for the rest of the session. Created inside the
         # caller's transaction, they would vanish if the caller rolled back.
-        staged.update(kind.name for kind, _ in batches)
+        staged.update(kind.name for kind, _ in write.batches)
 
 
 def _validate(
-    kind: Kind, items: Sequence[Mapping[str, Any]], limits: Limits, rejected: list[Reject]
+    kind: Kind,
+    items: Sequence[Mapping[str, Any]],
+    limits: Limits,
+    policy: TimePolicy,
+    result: WriteResult,
+    *,
+    earliest: bool,
 ) -> list[tuple[Any, ...]]:
-    # Keyed by the upsert key: a later item with the same key replaces an earlier one, as a
-    # second delivery would (one INSERT ... ON CONFLICT cannot touch a row twice).
+    # Keyed by identity: a later item with the same identity replaces an earlier one, as a
+    # second delivery would (one INSERT ... ON CONFLICT cannot touch a row twice). Trace reports
+    # of root spans keep the earliest root instead: it names the trace.
     rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    time_at = kind.position(kind.time_column)
+    retained = kind is not CHAT_MESSAGE
+    keep_earliest = earliest and kind is TRACE
     for index, item in enumerate(items):
         try:
             row = kind.validate(item, limits)
+            policy.check(kind.time_column, row[time_at], retained=retained)
         except Invalid as exc:
-            rejected.append(Reject(kind.name, index, str(exc)))
+            result.rejected.append(Reject(kind.name, index, str(exc)))
             continue
-        key = kind.key_of(row)
-        rows.pop(key, None)
-        rows[key] = row
+        identity = kind.identity_of(row)
+        if keep_earliest and identity in rows and rows[identity][time_at] < row[time_at]:
+            continue
+        rows.pop(identity, None)
+        rows[identity] = row
+    if kind in (SPAN, TRACE):
+        _note_long(kind, rows.values(), result.warnings)
     return list(rows.values())
+
+
+def _note_long(kind: Kind, rows: Iterable[tuple[Any, ...]], warnings: list[str]) -> None:
+    """An end time with no duration: the item lasted longer than duration_ms holds."""
+    started, ended = kind.position("started_at"), kind.position("ended_at")
+    duration = kind.position("duration_ms")
+    for row in rows:
+        if row[ended] is not None and row[duration] is None:
+            ms = (row[ended] - row[started]) // MILLISECOND
+            name = "/".join(kind.identity_of(row))
+            warnings.append(f"{kind.name} {name}: {too_long('duration_ms', ms)}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +211,8 @@ class UpsertStatements:
     copy: sql.Composed
     copy_types: list[str]
     upsert: sql.Composed
+    # Kinds whose time may change between deliveries: the row of another time to remove.
+    delete_moved: sql.Composed | None
 
 
 @cache
@@ -182,4 +260,18 @@ def upsert_statements(kind: Kind) -> UpsertStatements:
         copy=sql.SQL("copy pg_temp.{} ({}) from stdin (format binary)").format(stage, columns),
         copy_types=[c.pg_type for c in kind.columns],
         upsert=upsert,
+        delete_moved=_delete_moved(kind, target, source) if kind.time_varies else None,
     )
+
+
+def _delete_moved(kind: Kind, target: sql.Composable, source: sql.Composable) -> sql.Composed:
+    # The identity leads the primary key, so each staged item is an index probe per chunk;
+    # the retention horizon keeps chunks that retention is about to drop out of it.
+    time = sql.Identifier(kind.time_column)
+    same = sql.SQL(" and ").join(
+        sql.SQL("t.{name} = b.{name}").format(name=sql.Identifier(n)) for n in kind.identity
+    )
+    return sql.SQL(
+        "delete from {target} as t using {source} where {same} "
+        "and t.{time} <> b.{time} and t.{time} >= %(horizon)s"
+    ).format(target=target, source=source, same=same, time=time)

@@ -57,7 +57,7 @@ def iter_batches(
         decoded = Decoded(decoded)
     batch = MappedBatch(rejected=list(decoded.rejected))
     notes = Notes()
-    spans: dict[tuple[str, str, datetime], dict[str, Any]] = {}
+    spans: dict[tuple[str, str], dict[str, Any]] = {}
     traces: dict[tuple[str, datetime], dict[str, Any]] = {}
     for r, resource_spans in enumerate(decoded.request.resource_spans):
         before = notes.chars
@@ -77,7 +77,8 @@ def iter_batches(
                     continue
                 # A span delivered twice in one request is stored once (the last copy wins; in
                 # a later chunk, by overwriting the row written with an earlier one).
-                spans[(row["trace_id"], row["span_id"], row["started_at"])] = row
+                spans.pop((row["trace_id"], row["span_id"]), None)
+                spans[(row["trace_id"], row["span_id"])] = row
                 if trace is not None:
                     traces[(trace["trace_id"], trace["started_at"])] = trace
     batch.spans = list(spans.values())

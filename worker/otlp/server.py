@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import json_format
@@ -22,10 +23,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from worker.ingest.errors import is_unavailable
+from worker.ingest.time_policy import DEFAULT_MAX_FUTURE
 from worker.otlp.body import DEFAULT_MAX_BODY_BYTES, ENCODINGS, TooLarge, read_body
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
 from worker.otlp.mapping import CHUNK_SPANS, iter_batches
-from worker.otlp.store import trace_ids, update_totals, write
+from worker.otlp.store import store
 
 log = logging.getLogger("worker.otlp")
 
@@ -45,6 +47,8 @@ class Settings:
     # With chunk_spans, this bounds the memory: each holds its body, decoded, and one chunk.
     max_concurrent_requests: int = 4
     chunk_spans: int = CHUNK_SPANS
+    # Spans starting further ahead of now than this are refused (a sender's clock far off).
+    max_future: timedelta = DEFAULT_MAX_FUTURE
 
 
 class _Unavailable(Exception):
@@ -78,7 +82,6 @@ def create_app(settings: Settings) -> Starlette:
         reasons: list[str] = []
         warnings: list[str] = []
         rejected_spans = 0
-        touched: set[str] = set()
         try:
             with contextlib.ExitStack() as stack:
                 conn = None
@@ -86,17 +89,16 @@ def create_app(settings: Settings) -> Starlette:
                 for batch in iter_batches(decoded, settings.chunk_spans):
                     rejected_spans += len(batch.rejected)
                     reasons += batch.rejected
-                    warnings = batch.warnings or warnings
+                    if batch.warnings:
+                        warnings += batch.warnings
                     if not (batch.spans or batch.traces):
                         continue
                     if conn is None:
                         conn = stack.enter_context(pool.connection())
-                    refused = write(conn, batch)
-                    rejected_spans += sum(1 for r in refused if r.kind == "span")
-                    reasons += [r.reason for r in refused]
-                    touched |= trace_ids(batch)
-                if conn is not None:
-                    update_totals(conn, touched)
+                    stored = store(conn, batch, settings.max_future)
+                    rejected_spans += sum(1 for r in stored.refused if r.kind == "span")
+                    reasons += [r.reason for r in stored.refused]
+                    warnings += stored.warnings
         except Exception as exc:
             if is_unavailable(exc):
                 raise _Unavailable(str(exc)) from exc
@@ -183,7 +185,10 @@ def _summary(reasons: list[str], warnings: list[str]) -> str:
         tail = f"; and {more} more" if more > 0 else ""
         parts.append(f"{len(reasons)} rejected: {shown}{tail}")
     if warnings:
-        parts.append("accepted with changes: " + ", ".join(warnings))
+        shown = ", ".join(warnings[:MAX_LISTED_REASONS])
+        more = len(warnings) - MAX_LISTED_REASONS
+        tail = f", and {more} more" if more > 0 else ""
+        parts.append(f"accepted with changes: {shown}{tail}")
     return ". ".join(parts)
 
 

@@ -1,45 +1,19 @@
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 
+from worker import ingest
 from worker.ingest.errors import is_row_error
-from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_SPANS
+from worker.ingest.time_policy import DEFAULT_MAX_FUTURE
 from worker.otlp.mapping import MappedBatch
 
 log = logging.getLogger("worker.otlp")
-
-SPANS_MARK = json.dumps({COST_SOURCE_KEY: COST_SOURCE_SPANS})
-
-# A trace's totals are sums over its spans, which may arrive in several exports and in any
-# order (children usually end, and so are exported, before their root). After each write the
-# totals of every trace the request touched are recomputed from the stored spans, so they are
-# right once the last span has arrived, whatever the order. Costs are those the writer filled in;
-# the mark tells recost that the trace cost is such a sum. Tokens are added as bigint: two int4
-# counts near their maximum overflow int4.
-TOTALS_SQL = """
-update observability.traces as t
-set total_tokens = s.tokens, cost_usd = s.cost, attributes = t.attributes || %(mark)s::jsonb
-from (
-  select trace_id
-       , least(
-           sum(coalesce(input_tokens, 0)::bigint + coalesce(output_tokens, 0)::bigint)
-             filter (where input_tokens is not null or output_tokens is not null),
-           2147483647)::integer as tokens
-       , least(sum(cost_usd), 9999.999999)::numeric(10, 6) as cost
-  from observability.spans
-  where trace_id = any(%(trace_ids)s::text[])
-  group by trace_id
-) as s
-where t.trace_id = s.trace_id
-  and (t.total_tokens is distinct from s.tokens or t.cost_usd is distinct from s.cost
-    or not t.attributes @> %(mark)s::jsonb)
-"""
 
 Item = tuple[str, dict[str, Any]]  # ("trace" | "span", row)
 
@@ -50,42 +24,39 @@ class Refused:
     reason: str
 
 
-def store(conn: psycopg.Connection[Any], batch: MappedBatch) -> list[Refused]:
-    """Writes the batch and the totals of its traces; returns each item the writer or the
-    database refused, with why.
+@dataclass
+class Stored:
+    refused: list[Refused] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def store(
+    conn: psycopg.Connection[Any], batch: MappedBatch, max_future: timedelta = DEFAULT_MAX_FUTURE
+) -> Stored:
+    """Writes the batch, with the totals of its traces summed from their stored spans (in the
+    same transaction, so concurrent writers of one trace cannot leave them short); returns each
+    item the writer or the database refused, with why, and the writer's warnings.
 
     Errors that are not about one row propagate: the caller answers 503 when the database is
     unavailable (worker.ingest.errors.is_unavailable; the client retries the whole request,
     which is idempotent) and 500 otherwise.
     """
-    refused = write(conn, batch)
-    update_totals(conn, trace_ids(batch))
-    return refused
-
-
-def trace_ids(batch: MappedBatch) -> set[str]:
-    return {row["trace_id"] for row in batch.spans} | {row["trace_id"] for row in batch.traces}
-
-
-def update_totals(conn: psycopg.Connection[Any], ids: Iterable[str]) -> None:
-    ordered = sorted(ids)
-    if ordered:
-        conn.execute(TOTALS_SQL, {"trace_ids": ordered, "mark": SPANS_MARK})
-        conn.commit()
-
-
-def write(conn: psycopg.Connection[Any], batch: MappedBatch) -> list[Refused]:
     items: list[Item] = [("trace", t) for t in batch.traces] + [("span", s) for s in batch.spans]
-    return _write(conn, items) if items else []
+    stored = Stored()
+    if items:
+        _write(conn, items, stored, max_future)
+    return stored
 
 
-def _write(conn: psycopg.Connection[Any], items: Sequence[Item]) -> list[Refused]:
-    from worker.ingest import write_batch
-
+def _write(
+    conn: psycopg.Connection[Any], items: Sequence[Item], stored: Stored, max_future: timedelta
+) -> None:
     traces = [row for kind, row in items if kind == "trace"]
     spans = [row for kind, row in items if kind == "span"]
     try:
-        result = write_batch(conn, traces=traces, spans=spans)
+        result = ingest.write_batch(
+            conn, traces=traces, spans=spans, traces_from_spans=True, max_future=max_future
+        )
         conn.commit()
     except psycopg.Error as exc:
         if not is_row_error(exc):
@@ -98,17 +69,23 @@ def _write(conn: psycopg.Connection[Any], items: Sequence[Item]) -> list[Refused
             kind, row = items[0]
             reason = exc.diag.message_primary or str(exc)
             log.warning("database refused %s: %s", _describe(kind, row), reason)
-            return [Refused(kind, f"{_describe(kind, row)}: refused by the database: {reason}")]
+            stored.refused.append(
+                Refused(kind, f"{_describe(kind, row)}: refused by the database: {reason}")
+            )
+            return
         middle = len(items) // 2
-        return _write(conn, items[:middle]) + _write(conn, items[middle:])
+        _write(conn, items[:middle], stored, max_future)
+        _write(conn, items[middle:], stored, max_future)
+        return
     by_kind = {"trace": traces, "span": spans}
-    return [
+    stored.refused += [
         Refused(
             reject.kind,
             f"{_describe(reject.kind, by_kind[reject.kind][reject.index])}: {reject.reason}",
         )
         for reject in result.rejected
     ]
+    stored.warnings += result.warnings
 
 
 def _describe(kind: str, row: dict[str, Any]) -> str:
