@@ -249,6 +249,18 @@ def multi_root(g: Generator) -> None:
         g.deliver(plan, 1, [third])
 
 
+def earliest_root_moves(g: Generator) -> None:
+    """Two roots; then the earliest is re-sent starting after the other, which now names the
+    trace."""
+    plan = g.plan("earliest_root_restarts_later", OTLP)
+    start = g.start()
+    first, kids = _trace(g, plan, start, root={"operation": "invoke_agent"})
+    second, more = _trace(g, plan, start + 60 * SECOND, root={"operation": "search"})
+    g.deliver(plan, 0, kids + more + [first, second])
+    later = start + 120 * SECOND
+    g.deliver(plan, g.rng.choice((0, 1)), [moved(first, start_ns=later, end_ns=later + SECOND)])
+
+
 def children_first(g: Generator) -> None:
     plan = g.plan("children_before_root")
     root, kids = _trace(g, plan, g.start(), root={"operation": "invoke_agent"})
@@ -485,6 +497,7 @@ GUARANTEED: tuple[tuple[Callable[[Generator], None], int], ...] = (
     (single_llm_root, 2),
     (no_dimensions, 2),
     (multi_root, 3),
+    (earliest_root_moves, 1),
     (children_first, 2),
     (root_late, 2),
     (retried, 2),
