@@ -83,11 +83,8 @@ def compare_metrics(
     observed: Iterable[Mapping[str, Any]],
     *,
     sketch_bound: bool = True,
-    float_sum: bool = False,
 ) -> list[Diff]:
-    """expected cells against rows of observability.metrics (or its copies). float_sum: the
-    observed sum is a float8 sum of float8 sums (metrics_by_local_day), exact only to float
-    rounding, so non-integer sums get the avg's relative tolerance there."""
+    """expected cells against rows of observability.metrics (or its copies)."""
     diffs: list[Diff] = []
     seen: dict[Key, Mapping[str, Any]] = {}
     for row in observed:
@@ -112,12 +109,8 @@ def compare_metrics(
             continue
         want = metric_row(key[2], cell)
         for column in ("count", "sum", "min", "max"):
-            got = row[column]
-            ok = got == want[column]
-            if not ok and column == "sum" and float_sum and got is not None:
-                ok = math.isclose(got, want["sum"], rel_tol=AVG_TOLERANCE)
-            if not ok:
-                diffs.append(Diff(view, name, column, want[column], got))
+            if row[column] != want[column]:
+                diffs.append(Diff(view, name, column, want[column], row[column]))
         if row["avg"] is None or not math.isclose(
             row["avg"], want["avg"], rel_tol=AVG_TOLERANCE, abs_tol=0.0
         ):

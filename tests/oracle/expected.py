@@ -178,7 +178,8 @@ def duration_between(start: datetime, end: datetime | None) -> int | None:
 
 
 class Policy:
-    """Spans and traces must start at most an hour ahead and after the retention horizon."""
+    """Spans, traces and document events must start (be created) at most an hour ahead and
+    after the retention horizon."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
@@ -415,7 +416,10 @@ class Oracle:
             self.spans[(item["trace_id"], item["span_id"])] = bulk_span_row(
                 item, self.prices, self.seq
             )
-        for item in export.document_events:
+        for i, item in enumerate(export.document_events):
+            if not self.policy.accepts(item["created_at"]):
+                refused.add(("document_event", i))
+                continue
             row = DocumentRow(
                 uuid.UUID(item["id"]),
                 item["created_at"],

@@ -150,9 +150,7 @@ def check(
         rows = observed.local_days(database_url, zone, *days)
         diffs += [
             _tagged(d, f"({zone})")
-            for d in compare_metrics(
-                "metrics_by_local_day", local, rows, sketch_bound=exact_sketch, float_sum=True
-            )
+            for d in compare_metrics("metrics_by_local_day", local, rows, sketch_bound=exact_sketch)
         ]
     return diffs
 

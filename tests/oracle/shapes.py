@@ -421,9 +421,9 @@ def future(g: Generator) -> None:
     _send(g, plan, 0, root, kids)
 
 
-def refused(style: str) -> Callable[[Generator], None]:
+def refused(style: str, path: str) -> Callable[[Generator], None]:
     def build(g: Generator) -> None:
-        plan = g.plan(f"refused_{style}")
+        plan = g.plan(f"refused_{style}", (path,))
         root, kids = _trace(g, plan, g.start(f"refused_{style}"), root={"duration": 3 * SECOND})
         g.deliver(plan, g.rng.choice((0, 1)), kids + [root])
 
@@ -518,8 +518,7 @@ GUARANTEED: tuple[tuple[Callable[[Generator], None], int], ...] = (
     (big_tokens, 1),
     (big_cost, 1),
     (future, 2),
-    (refused("future"), 2),
-    (refused("past"), 2),
+    *((refused(style, path), 1) for style in ("future", "past") for path in (SDK, JSON, BULK)),
     (bulk_cost_sent, 1),
     (bulk_trace_restart, 2),
     (running, 2),
@@ -537,13 +536,14 @@ def documents(g: Generator) -> None:
     rng = g.rng
     types = ("upload", "parse", "chunk", "embed", "index", "delete")
     styles = ["hour_start", "hour_end", "week_start", "week_end", "day_end", "future"]
+    styles += ["refused_future", "refused_past"]
     made = 0
     while made < g.target_documents:
-        phase = 1 if rng.random() < 0.2 else 0
+        phase = 1 if not styles and rng.random() < 0.2 else 0
         events = []
         for _ in range(rng.randrange(1, 7)):
             style = styles.pop() if styles else "mixed"
-            at = g.late_start("hour") if phase == 1 and g.synced_starts else g.start(style)
+            at = g.late_start("hour") if phase == 1 else g.start(style)
             status = rng.choices(("ok", "error", "running"), (85, 10, 5))[0]
             event: dict[str, Any] = {
                 "id": str(g.ids.uuid()),
