@@ -135,6 +135,8 @@ class Refusals:
     (kind, index) of each refused item."""
 
     json_counts: dict[int, int] = field(default_factory=dict)  # id(export) -> rejected spans
+    # id(export) -> traces whose total the export pushed past its column: a warning names each
+    json_warnings: dict[int, set[str]] = field(default_factory=dict)
     bulk_items: dict[int, set[tuple[str, int]]] = field(default_factory=dict)
     spans: set[tuple[str, str]] = field(default_factory=set)
     traces: set[str] = field(default_factory=set)
@@ -374,6 +376,7 @@ class Oracle:
         self.prices = prices
         self.policy = Policy(traffic.now)
         self.spans: dict[tuple[str, str], SpanRow] = {}
+        self.by_trace: dict[str, dict[str, SpanRow]] = {}
         self.otlp_traces: set[str] = set()
         self.bulk_traces: dict[str, TraceRow] = {}
         self.documents: dict[tuple[uuid.UUID, datetime], DocumentRow] = {}
@@ -395,10 +398,25 @@ class Oracle:
                 refused += 1
                 self.refusals.spans.add((span.trace_id, span.span_id))
                 continue
-            self.spans[(span.trace_id, span.span_id)] = otlp_row(span, self.prices, self.seq)
+            row = otlp_row(span, self.prices, self.seq)
+            self.spans[(span.trace_id, span.span_id)] = row
+            self.by_trace.setdefault(span.trace_id, {})[span.span_id] = row
             self.otlp_traces.add(span.trace_id)
         if export.path == JSON:
             self.refusals.json_counts[id(export)] = refused
+            self.refusals.json_warnings[id(export)] = {
+                trace_id
+                for trace_id in {s.trace_id for s in export.spans}
+                if self._past_range(trace_id)
+            }
+
+    def _past_range(self, trace_id: str) -> bool:
+        spans = list(self.by_trace.get(trace_id, {}).values())
+        if otlp_trace(trace_id, spans) is None:
+            return False
+        tokens = sum((s.input_tokens or 0) + (s.output_tokens or 0) for s in spans)
+        cost = sum((s.cost_usd for s in spans if s.cost_usd is not None), Decimal(0))
+        return tokens > INT4_MAX or cost >= COST_LIMIT
 
     def _bulk(self, export: BulkExport) -> None:
         refused: set[tuple[str, int]] = set()
@@ -413,9 +431,9 @@ class Oracle:
                 refused.add(("span", i))
                 self.refusals.spans.add((item["trace_id"], item["span_id"]))
                 continue
-            self.spans[(item["trace_id"], item["span_id"])] = bulk_span_row(
-                item, self.prices, self.seq
-            )
+            row = bulk_span_row(item, self.prices, self.seq)
+            self.spans[(row.trace_id, row.span_id)] = row
+            self.by_trace.setdefault(row.trace_id, {})[row.span_id] = row
         for i, item in enumerate(export.document_events):
             if not self.policy.accepts(item["created_at"]):
                 refused.add(("document_event", i))

@@ -100,6 +100,12 @@ def _deliveries(oracle: Oracle, outcomes: list[Outcome], phase: int) -> list[Dif
             if outcome.rejected_spans != want:
                 got = f"{outcome.rejected_spans} ({outcome.detail[:200]})"
                 diffs.append(Diff("delivery", where, "rejected_spans", want, got))
+            # a total stored as NULL because it does not fit is named in a warning (unless the
+            # message was cut short after its first reasons)
+            for trace_id in sorted(oracle.refusals.json_warnings.get(id(export), ())):
+                if trace_id not in outcome.detail and " more" not in outcome.detail:
+                    got = repr(outcome.detail[:200])
+                    diffs.append(Diff("delivery", where, "warning", f"names {trace_id}", got))
         elif isinstance(export, BulkExport):
             want_items = oracle.refusals.bulk_items.get(id(export), set())
             if outcome.rejected_items != want_items:

@@ -3,9 +3,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from tests.oracle.model import BULK, INT4_MAX, JSON, SDK, OtlpSpan
+from tests.oracle.model import BULK, INT4_MAX, JSON, PATHS, SDK, OtlpSpan
 from tests.oracle.spans import (
     EMBEDDING_MODELS,
     KNOWN_MODELS,
@@ -374,9 +375,9 @@ def edges(style: str) -> Callable[[Generator], None]:
     return build
 
 
-def big_tokens(g: Generator) -> None:
+def big_tokens(g: Generator, path: str) -> None:
     """LLM calls with counts near the int4 maximum: the trace's sum does not fit int4."""
-    plan = g.plan("tokens_overflow_int4")
+    plan = g.plan("tokens_overflow_int4", (path,))
     root = _root(g, plan.trace_id, g.start(), 60 * SECOND)
     kids = [
         _llm(g, plan.trace_id, root.span_id, root.start_ns + i * MS, usage="huge")
@@ -385,11 +386,11 @@ def big_tokens(g: Generator) -> None:
     _send(g, plan, 0, root, kids)
 
 
-def big_cost(g: Generator) -> None:
+def big_cost(g: Generator, path: str) -> None:
     """Two priced calls of about 9,000 USD each: each fits numeric(10, 6), their sum does not;
     and one call whose own cost is over 10,000 USD (NULL)."""
     rng = g.rng
-    plan = g.plan("cost_overflow")
+    plan = g.plan("cost_overflow", (path,))
     root = _root(g, plan.trace_id, g.start(), 120 * SECOND)
     kids = []
     for i, (model, provider, output) in enumerate(
@@ -515,10 +516,9 @@ GUARANTEED: tuple[tuple[Callable[[Generator], None], int], ...] = (
     (edges("day_end"), 1),
     (edges("week_start"), 1),
     (edges("week_end"), 1),
-    (big_tokens, 1),
-    (big_cost, 1),
+    *((partial(shape, path=path), 1) for shape in (big_tokens, big_cost) for path in PATHS),
     (future, 2),
-    *((refused(style, path), 1) for style in ("future", "past") for path in (SDK, JSON, BULK)),
+    *((refused(style, path), 1) for style in ("future", "past") for path in PATHS),
     (bulk_cost_sent, 1),
     (bulk_trace_restart, 2),
     (running, 2),

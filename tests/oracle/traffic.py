@@ -110,7 +110,6 @@ class Generator:
         while first < self.hi - HOUR:
             self.mondays.append(first)
             first += timedelta(weeks=1)
-        self.current_week = monday(self.now)
         self.plans: list[Plan] = []
         self.document_steps: list[tuple[int, Step]] = []
         self.synced_starts: list[int] = []  # roots sent in phase 1
@@ -148,7 +147,7 @@ class Generator:
             "day_end": day - timedelta(microseconds=1),
             "week_start": week,
             "week_end": week - timedelta(microseconds=1),
-            "future": self.now + timedelta(seconds=rng.randrange(120, 1500)),
+            "future": self.now + _between(rng, (timedelta(minutes=2), FUTURE_OK)),
             "refused_future": self.now + _between(rng, REFUSED_FUTURE),
             "refused_past": self.now - _between(rng, REFUSED_PAST),
         }
