@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.oracle.compare import is_row
 from tests.oracle.run import CaseResult, run_case
 from tests.oracle.send import endpoint
 
@@ -86,9 +87,10 @@ def test_oracle_fuzz(otlp_endpoint: str, clean_observability: str) -> None:
 
 def failure_kind(result: CaseResult) -> frozenset[tuple[str, str]]:
     """What differs, to report each kind of failure once (with its first seed): the fields of
-    rows and deliveries when any differ, since the rollups then differ as a consequence; else
-    the metrics and fields of the views."""
-    rows = frozenset((d.view, d.field) for d in result.diffs if not d.view.startswith("metric"))
-    if rows:
-        return rows
-    return frozenset((d.view, f"{d.key.split()[2]}.{d.field}") for d in result.diffs)
+    differing rows and deliveries, and the metrics and fields of view differences that no
+    differing row accounts for."""
+    return frozenset(
+        (d.view, d.field if is_row(d) else f"{d.key.split()[2]}.{d.field}")
+        for d in result.diffs
+        if not d.explained
+    )

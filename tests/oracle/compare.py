@@ -40,6 +40,9 @@ class Diff:
     field: str
     expected: Any
     observed: Any
+    ref: Any = None  # the row's id, or the metric cell's Key
+    # a metric difference that follows from a differing row (the row counts in that cell)
+    explained: bool = False
 
     def line(self) -> str:
         return (
@@ -102,31 +105,31 @@ def compare_metrics(
         cell, row = expected.get(key), seen.get(key)
         name = _key(key)
         if row is None:
-            diffs.append(Diff(view, name, "row", f"count {cell.count}", "missing"))  # type: ignore[union-attr]
+            diffs.append(Diff(view, name, "row", f"count {cell.count}", "missing", key))  # type: ignore[union-attr]
             continue
         if cell is None:
-            diffs.append(Diff(view, name, "row", "no row", f"count {row['count']}"))
+            diffs.append(Diff(view, name, "row", "no row", f"count {row['count']}", key))
             continue
         want = metric_row(key[2], cell)
         for column in ("count", "sum", "min", "max"):
             if row[column] != want[column]:
-                diffs.append(Diff(view, name, column, want[column], row[column]))
+                diffs.append(Diff(view, name, column, want[column], row[column], key))
         if row["avg"] is None or not math.isclose(
             row["avg"], want["avg"], rel_tol=AVG_TOLERANCE, abs_tol=0.0
         ):
-            diffs.append(Diff(view, name, "avg", want["avg"], row["avg"]))
+            diffs.append(Diff(view, name, "avg", want["avg"], row["avg"], key))
         for column, q in QUANTILES:
             got = row[column]
             if key[2] not in SKETCHED:
                 if got is not None:
-                    diffs.append(Diff(view, name, column, None, got))
+                    diffs.append(Diff(view, name, column, None, got, key))
                 continue
             values = [float(v) for v in cell.values]
             lo, hi = percentile_bounds(values, q)
             if not sketch_bound:
                 lo, hi = min(values), max(values)
             if got is None or not lo <= got <= hi:
-                diffs.append(Diff(view, name, column, f"in [{lo!r}, {hi!r}]", got))
+                diffs.append(Diff(view, name, column, f"in [{lo!r}, {hi!r}]", got, key))
     return diffs
 
 
@@ -153,7 +156,7 @@ def _rows(
     counts = Counter(key_of(row) for row in observed)
     for key, n in counts.items():
         if n > 1:
-            diffs.append(Diff(view, str(key), "rows", 1, n))
+            diffs.append(Diff(view, str(key), "rows", 1, n, key))
     for row in observed:
         key = key_of(row)
         # of duplicates, compare the one that starts when the expected row does
@@ -162,13 +165,15 @@ def _rows(
     for key in sorted(set(expected) | set(seen), key=str):
         want, got = expected.get(key), seen.get(key)
         if got is None:
-            diffs.append(Diff(view, str(key), "row", "present", "missing"))
+            diffs.append(Diff(view, str(key), "row", "present", "missing", key))
         elif want is None:
-            diffs.append(Diff(view, str(key), "row", "absent", f"started {_started(got)}"))
+            diffs.append(Diff(view, str(key), "row", "absent", f"started {_started(got)}", key))
         else:
             for column in columns:
                 if getattr(want, column) != got[column]:
-                    diffs.append(Diff(view, str(key), column, getattr(want, column), got[column]))
+                    diffs.append(
+                        Diff(view, str(key), column, getattr(want, column), got[column], key)
+                    )
     return diffs
 
 
@@ -207,14 +212,22 @@ def compare_rows(
     )
 
 
+def is_row(diff: Diff) -> bool:
+    return not diff.view.startswith("metric")
+
+
 def report(seed: int, diffs: list[Diff], limit: int = 30) -> str:
-    """A compact account: counts per view, metric and field, then the first differences."""
-    groups = Counter(
-        (d.view, d.key.split()[2] if d.view.startswith("metric") else "", d.field) for d in diffs
-    )
-    lines = [f"oracle: {len(diffs)} differences (seed {seed}; replay: make fuzz FUZZ_SEED={seed})"]
+    """A compact account: counts per view, metric and field (metric differences that follow
+    from a differing row apart), then the first differences, those of rows first."""
+    own = [d for d in diffs if not d.explained]
+    groups = Counter((d.view, "" if is_row(d) else d.key.split()[2], d.field) for d in own)
+    lines = [
+        f"oracle: {len(diffs)} differences (seed {seed}; replay: make fuzz FUZZ_SEED={seed}); "
+        f"{len(diffs) - len(own)} of them in metric cells that a differing row counts in"
+    ]
     for (view, metric, column), n in groups.most_common(20):
         lines.append(f"  {n:5d}  {view} {metric} {column}".rstrip())
+    ordered = sorted(diffs, key=lambda d: (not is_row(d), d.explained))
     lines.append("first differences:")
-    lines += ["  " + d.line() for d in diffs[:limit]]
+    lines += ["  " + d.line() for d in ordered[:limit]]
     return "\n".join(lines)

@@ -2,12 +2,19 @@ from __future__ import annotations
 
 import time
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from tests.oracle import observed
 from tests.oracle.compare import Diff, compare_metrics, compare_rows, report
-from tests.oracle.expected import Oracle, read_prices
+from tests.oracle.expected import (
+    DocumentRow,
+    Expected,
+    Oracle,
+    SpanRow,
+    TraceRow,
+    read_prices,
+)
 from tests.oracle.model import JSON, BulkExport, OtlpExport, Traffic
 from tests.oracle.rollup import local_day_cells, metric_cells
 from tests.oracle.send import Outcome, Sender
@@ -136,33 +143,55 @@ def check(
     if missing and phase == 1:
         notes.append(f"observability.metric_sketches has no metric {', '.join(missing)}")
     cells = metric_cells(expected)
-    tag = f"(phase {phase})"
-    diffs = [
-        _tagged(d, tag) for d in compare_rows(expected, seen.traces, seen.spans, seen.documents)
-    ]
-    diffs += [
-        _tagged(d, tag)
-        for d in compare_metrics("metrics", cells, seen.metrics, sketch_bound=exact_sketch)
-    ]
-    diffs += [
-        _tagged(d, tag)
-        for d in compare_metrics(
-            "metrics_aggregates", cells, seen.aggregates, sketch_bound=exact_sketch
-        )
-    ]
+    rows = compare_rows(expected, seen.traces, seen.spans, seen.documents)
+    suspects = _suspects(rows, expected, seen)
+    tainted = set(metric_cells(suspects))
+    metrics = compare_metrics("metrics", cells, seen.metrics, sketch_bound=exact_sketch)
+    metrics += compare_metrics(
+        "metrics_aggregates", cells, seen.aggregates, sketch_bound=exact_sketch
+    )
+    diffs = rows + [replace(d, explained=d.ref in tainted) for d in metrics]
     if phase == len(traffic.phases):
         zone, days = local_window(traffic)
         local = local_day_cells(expected, zone, *days)
-        rows = observed.local_days(database_url, zone, *days)
+        tainted = set(local_day_cells(suspects, zone, *days))
+        found = observed.local_days(database_url, zone, *days)
         diffs += [
-            _tagged(d, f"({zone})")
-            for d in compare_metrics("metrics_by_local_day", local, rows, sketch_bound=exact_sketch)
+            replace(d, key=f"{d.key} ({zone})", explained=d.ref in tainted)
+            for d in compare_metrics(
+                "metrics_by_local_day", local, found, sketch_bound=exact_sketch
+            )
         ]
-    return diffs
+    return [replace(d, key=f"{d.key} (phase {phase})") for d in diffs]
 
 
-def _tagged(diff: Diff, tag: str) -> Diff:
-    return Diff(diff.view, f"{diff.key} {tag}", diff.field, diff.expected, diff.observed)
+def _suspects(rows: list[Diff], expected: Expected, seen: observed.Observed) -> Expected:
+    """The expected and the stored versions of every row that differs: the metric cells they
+    count in may differ because of them."""
+    ids = {d.view: set() for d in rows}
+    for d in rows:
+        ids[d.view].add(d.ref)
+    traces = {
+        ("expected", k): expected.traces[k] for k in ids.get("traces", ()) if k in expected.traces
+    }
+    spans = {
+        ("expected", k): expected.spans[k] for k in ids.get("spans", ()) if k in expected.spans
+    }
+    documents = {
+        ("expected", k): expected.documents[k]
+        for k in ids.get("document_events", ())
+        if k in expected.documents
+    }
+    for i, row in enumerate(seen.traces):
+        if row["trace_id"] in ids.get("traces", ()):
+            traces[("stored", i)] = TraceRow(**row)
+    for i, row in enumerate(seen.spans):
+        if (row["trace_id"], row["span_id"]) in ids.get("spans", ()):
+            spans[("stored", i)] = SpanRow(**row)
+    for i, row in enumerate(seen.documents):
+        if (row["id"], row["created_at"]) in ids.get("document_events", ()):
+            documents[("stored", i)] = DocumentRow(**row)
+    return Expected(traces, spans, documents)  # type: ignore[arg-type]
 
 
 def local_window(traffic: Traffic) -> tuple[str, tuple[datetime, datetime]]:
