@@ -4,7 +4,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-EPOCH = datetime(2026, 1, 5, tzinfo=UTC)
+# Recent midnight: the writers refuse times older than the raw-data retention horizon.
+EPOCH = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
 
 # (provider, model, server address, median latency ms): a mix of hosted chat models.
 MODELS = (

@@ -41,7 +41,8 @@ GOAL = 0.25  # OTLP spans/s as a fraction of in-engine INSERT ... SELECT
 CLIENTS = 1
 MEMORY_PAYLOAD_BYTES = 100 * 1024 * 1024
 SPANS_PER_TRACE = 4
-START_NS = 1_767_225_600_000_000_000  # 2026-01-01
+# A recent midnight: the endpoint refuses times older than the raw-data retention horizon.
+START_NS = (int(time.time()) // 86_400 - 3) * 86_400 * 10**9
 ROOT_DIR = Path(__file__).resolve().parent.parent
 MODELS = (
     ("openai", "gpt-4o"),

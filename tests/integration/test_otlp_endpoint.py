@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
@@ -28,7 +29,8 @@ USER = "7d3c1a52-1b0e-4f9a-8a53-0e3f1f6c2b11"
 KB = "6f1c2b9e-3a57-4c0e-9d51-8f0a2b3c4d5e"
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 ROOT = "b7ad6b7169203331"
-START = 1_767_225_600_000_000_000
+# Within the accepted times: the start of the hour three hours ago.
+START = (int(time.time()) // 3600 - 3) * 3600 * 10**9
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,7 @@ METRICS = {
     "llm.output_tokens": ("llm_spans", "output_tokens", False),
     "llm.cost_usd": ("llm_spans", "cost", False),
     "llm.errors": ("llm_spans", "span_count", False),
+    "llm.cost_unknown": ("llm_spans", "cost_unknown", False),
     "document.duration_ms": ("document_events", "duration", True),
     "document.errors": ("document_events", "event_count", False),
 }
@@ -149,10 +150,13 @@ def test_view_rows_are_the_rollup_rows(
     schema = sketch_schema(rollup_conn)
     rollup = f"observability.{source}_{GRANULARITIES[granularity]}"
     if column.endswith("_count"):  # the errors metric: one observation per row
-        count, total = column, "error_count"
+        count, total = column, "r.error_count"
         extremes = f"(r.error_count = r.{count})::int, (r.error_count > 0)::int"
+    elif column == "cost_unknown":  # likewise, 1 for each LLM span without a cost
+        count, total = "span_count", "(r.span_count - r.cost_count)"
+        extremes = "(r.cost_count = 0)::int, (r.cost_count < r.span_count)::int"
     else:
-        count, total = f"{column}_count", f"{column}_sum"
+        count, total = f"{column}_count", f"r.{column}_sum"
         extremes = f"r.{column}_min, r.{column}_max"
     if not sketched:
         percentiles = "null::float8[]"
@@ -163,7 +167,7 @@ def test_view_rows_are_the_rollup_rows(
     expected = rows_as_dicts(
         rollup_conn.execute(
             f"select r.bucket, r.dimension_type, r.dimension_value, r.{count} as count,"
-            f" r.{total}::float8 as sum, {extremes}, {percentiles} as percentiles"
+            f" {total}::float8 as sum, {extremes}, {percentiles} as percentiles"
             f" from {rollup} as r where r.bucket >= %s and r.bucket < %s and r.{count} > 0",
             [data.start, data.end],
         )

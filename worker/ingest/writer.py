@@ -59,9 +59,10 @@ def write_batch(
     raises and writes nothing. Items starting more than max_future ahead of now, and traces,
     spans and document events older than the raw-data retention horizon, are rejected too.
 
-    There is one row per trace id, per (trace id, span id) and per chat message or document
-    event id: re-delivering an item updates its row, whatever its start time (the last delivery
-    wins, also within one batch); an item equal to its stored row is not counted as written.
+    There is one row per trace id and per (trace id, span id), whatever the start times, and
+    one per (id, created_at) of chat messages and document events: re-delivering an item updates
+    its row (the last delivery wins, also within one batch); an item equal to its stored row is
+    not counted as written.
     Writers of the same traces wait for each other, so several processes may write at once.
     Spans without cost_usd that name a model and carry token counts are priced from
     observability.model_prices.
