@@ -86,11 +86,11 @@ def test_oracle_fuzz(otlp_endpoint: str, clean_observability: str) -> None:
 
 
 def failure_kind(result: CaseResult) -> frozenset[tuple[str, str]]:
-    """What differs, to report each kind of failure once (with its first seed): the fields of
-    differing rows and deliveries, and the metrics and fields of view differences that no
-    differing row accounts for."""
+    """What differs, to report each kind of failure once (with its first seed): the generator's
+    shapes of the traces whose rows differ, and the metrics and fields of view differences that
+    no differing row accounts for."""
     return frozenset(
-        (d.view, d.field if is_row(d) else f"{d.key.split()[2]}.{d.field}")
+        (d.view, d.shape if is_row(d) else f"{d.key.split()[2]}.{d.field}")
         for d in result.diffs
         if not d.explained
     )

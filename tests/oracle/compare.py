@@ -43,10 +43,12 @@ class Diff:
     ref: Any = None  # the row's id, or the metric cell's Key
     # a metric difference that follows from a differing row (the row counts in that cell)
     explained: bool = False
+    shape: str = ""  # of a row: the generator's shape of its trace
 
     def line(self) -> str:
+        shape = f" [{self.shape}]" if self.shape else ""
         return (
-            f"{self.view:<18} {self.key} {self.field}: expected {_show(self.expected)}, "
+            f"{self.view:<18} {self.key}{shape} {self.field}: expected {_show(self.expected)}, "
             f"observed {_show(self.observed)}"
         )
 
@@ -220,7 +222,7 @@ def report(seed: int, diffs: list[Diff], limit: int = 30) -> str:
     """A compact account: counts per view, metric and field (metric differences that follow
     from a differing row apart), then the first differences, those of rows first."""
     own = [d for d in diffs if not d.explained]
-    groups = Counter((d.view, "" if is_row(d) else d.key.split()[2], d.field) for d in own)
+    groups = Counter((d.view, d.shape if is_row(d) else d.key.split()[2], d.field) for d in own)
     lines = [
         f"oracle: {len(diffs)} differences (seed {seed}; replay: make fuzz FUZZ_SEED={seed}); "
         f"{len(diffs) - len(own)} of them in metric cells that a differing row counts in"

@@ -89,6 +89,7 @@ class Traffic:
     start: datetime  # the earliest accepted time (for the backfill window)
     end: datetime  # the latest accepted time
     dst: tuple[str, datetime] | None = None  # a zone changing its UTC offset inside the range
+    shape_of: dict[str, str] = field(default_factory=dict)  # trace id -> the shape it was made as
     notes: list[str] = field(default_factory=list)
 
     def exports(self, phase: int | None = None) -> list[Export]:

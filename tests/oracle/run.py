@@ -86,6 +86,11 @@ def run_case(
             clock = time.perf_counter()
             result.diffs += check(database_url, oracle, traffic, phase, exact_sketch, result.notes)
             result.timings[f"check {phase}"] = time.perf_counter() - clock
+            if phase == 1:
+                clock = time.perf_counter()
+                chunks = observed.compress(database_url)
+                result.notes.append(f"{chunks} raw chunks compressed before phase 2")
+                result.timings["compress"] = time.perf_counter() - clock
     finally:
         sender.close()
     result.notes.append(
@@ -150,7 +155,8 @@ def check(
     metrics += compare_metrics(
         "metrics_aggregates", cells, seen.aggregates, sketch_bound=exact_sketch
     )
-    diffs = rows + [replace(d, explained=d.ref in tainted) for d in metrics]
+    diffs = [replace(d, shape=_shape(d, traffic)) for d in rows]
+    diffs += [replace(d, explained=d.ref in tainted) for d in metrics]
     if phase == len(traffic.phases):
         zone, days = local_window(traffic)
         local = local_day_cells(expected, zone, *days)
@@ -163,6 +169,13 @@ def check(
             )
         ]
     return [replace(d, key=f"{d.key} (phase {phase})") for d in diffs]
+
+
+def _shape(diff: Diff, traffic: Traffic) -> str:
+    if diff.view == "document_events":
+        return "documents"
+    trace_id = diff.ref if isinstance(diff.ref, str) else diff.ref[0]
+    return traffic.shape_of.get(trace_id, "?")
 
 
 def _suspects(rows: list[Diff], expected: Expected, seen: observed.Observed) -> Expected:

@@ -270,8 +270,17 @@ class Generator:
             )
         else:
             self.notes.append(f"DST: {self.dst[0]} changes its UTC offset at {self.dst[1]}")
+        shape_of = {plan.trace_id: plan.shape for plan in self.plans}
         return Traffic(
-            self.seed, self.now, phases, dict(self.shapes), start, end, self.dst, self.notes
+            self.seed,
+            self.now,
+            phases,
+            dict(self.shapes),
+            start,
+            end,
+            self.dst,
+            shape_of,
+            self.notes,
         )
 
     def _interleave(self, phase: int) -> list[Step]:
