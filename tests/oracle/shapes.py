@@ -21,7 +21,7 @@ from tests.oracle.spans import (
     moved,
     root_span,
 )
-from tests.oracle.traffic import Generator, Plan
+from tests.oracle.traffic import HOUR, Generator, Plan
 
 # The trace shapes. Each function adds one trace (a Plan) and its deliveries; GUARANTEED lists
 # the shapes every run contains, whatever the seed and size, and the rest of the traffic is
@@ -42,7 +42,6 @@ def _llm(
     usage: str = "both",
     stream: bool | None = None,
     duration_ns: int | None = None,
-    ended: bool = True,
     error: str | None = None,
 ) -> OtlpSpan:
     rng = g.rng
@@ -62,7 +61,7 @@ def _llm(
     }[usage]
     stream = rng.random() < 0.4 if stream is None else stream
     duration = duration_ns or rng.randrange(150, 15_000) * MS + rng.randrange(1000)
-    end = start + duration if ended else None
+    end = start + duration
     ttft = min(rng.randrange(80, 3000), duration // MS) if stream else None
     attributes = llm_attributes(rng, model, provider, tokens, ttft)
     events = chunk_events(start, ttft, end, rng.randrange(1, 5)) if ttft is not None else ()
@@ -238,9 +237,9 @@ def multi_root(g: Generator) -> None:
     sometimes a root with an earlier start arrives late and takes over the trace's fields."""
     rng = g.rng
     plan = g.plan("multi_root", OTLP)
-    start = g.start()
-    first, kids = _trace(g, plan, start, root={"operation": "invoke_agent"})
     gap = rng.choice((rng.randrange(1, 90) * SECOND, rng.randrange(1, 5) * 3600 * SECOND))
+    start = min(g.start(), g.ns(g.hi - 2 * HOUR) - gap)  # the second root not in the future
+    first, kids = _trace(g, plan, start, root={"operation": "invoke_agent"})
     error = "status" if rng.random() < 0.5 else None
     second, more = _trace(g, plan, start + gap, root={"operation": "search", "error": error})
     g.deliver(plan, 0, kids + more + [second, first])
@@ -314,6 +313,8 @@ def child_restart(g: Generator) -> None:
     g.deliver(plan, 0, kids + [root])
     shift = rng.choice((-1, 1)) * rng.randrange(1, 7200) * SECOND + rng.randrange(1000)
     llm = kids[-1]
+    if llm.start_ns + shift > g.ns(g.hi - HOUR):  # not into the future
+        shift = -abs(shift)
     end = None if llm.end_ns is None else llm.end_ns + shift + rng.randrange(0, 5) * SECOND
     g.deliver(plan, rng.choice((0, 1)), [moved(llm, start_ns=llm.start_ns + shift, end_ns=end)])
 
