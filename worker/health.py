@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,6 +10,10 @@ from psycopg import sql
 from worker.sqltemplate import recorded_sketch
 
 SCHEMA = "observability"
+
+# How far ahead of the database clock a timestamp may be and still count as now: writers'
+# clocks drift. Rows and buckets dated later are counted apart, never as fresh data.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,11 @@ class RollupStatus:
     source: str  # what it aggregates: a hypertable or the rollup one level down
     bucket_width: str
     real_time: bool
-    newest_bucket: datetime | None  # start of the newest materialized bucket
+    newest_bucket: datetime | None  # start of the newest materialized bucket up to now
     watermark: datetime | None  # materialized up to here (exclusive)
-    lag: timedelta | None  # how far the watermark is behind now
+    lag: timedelta | None  # how far the watermark is behind now; 0 when at or past now
+    future_buckets: int = 0  # materialized buckets starting after now + CLOCK_SKEW
+    newest_future_bucket: datetime | None = None  # None too when that bucket is 'infinity'
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,18 @@ class JobStatus:
     total_failures: int
     last_error: str | None
 
+    @property
+    def never_succeeded(self) -> bool:
+        """It has failed, and TimescaleDB has no successful finish for it (-infinity)."""
+        return self.total_failures > 0 and self.last_successful_finish is None
+
+
+@dataclass(frozen=True)
+class RawStatus:
+    table: str  # schema-qualified hypertable the rollups read
+    future_rows: int  # rows dated after now + CLOCK_SKEW
+    newest_future: datetime | None  # the latest of them; None too when it is 'infinity'
+
 
 @dataclass(frozen=True)
 class RollupHealth:
@@ -52,6 +70,9 @@ class RollupHealth:
     sketch: SketchStatus | None
     rollups: list[RollupStatus]
     jobs: list[JobStatus]
+    raw: list[RawStatus] = field(default_factory=list)
+    # newest raw row behind each family of rollups (named <family>_<level>), future rows left out
+    newest_raw: dict[str, datetime | None] = field(default_factory=dict)
 
 
 _ROLLUPS = """
@@ -59,7 +80,8 @@ select c.view_schema, c.view_name, c.hypertable_schema, c.hypertable_name,
   c.materialization_hypertable_schema, c.materialization_hypertable_name,
   f.bucket_width, not c.materialized_only,
   -- an empty rollup's watermark is the lowest timestamp there is, which Python cannot hold
-  case when w.watermark > '1900-01-01'::timestamptz then w.watermark end
+  case when w.watermark > '1900-01-01'::timestamptz and pg_catalog.isfinite(w.watermark)
+    then w.watermark end
 from timescaledb_information.continuous_aggregates as c
 join _timescaledb_catalog.hypertable as h
   on h.schema_name = c.materialization_hypertable_schema
@@ -74,19 +96,52 @@ where c.view_schema = %s
 order by c.view_name
 """
 
-_NEWEST_BUCKET = "select pg_catalog.max(bucket) from {}"
+_NEWEST_BUCKET = """
+select pg_catalog.max(bucket) from {}
+where bucket > '-infinity' and bucket <= pg_catalog.now() + %(skew)s
+"""
+_FUTURE_BUCKETS = """
+select pg_catalog.count(distinct bucket),
+  pg_catalog.max(bucket) filter (where pg_catalog.isfinite(bucket))
+from {} where bucket > pg_catalog.now() + %(skew)s
+"""
 
+# TimescaleDB writes -infinity for "not set": the last successful finish of a job that never
+# succeeded, the last start of a job rescheduled before its first run, the next start of a job
+# that is running. Python cannot hold it, so it reads as NULL here.
 _JOBS = """
 select j.job_id, j.proc_name, j.hypertable_schema, j.hypertable_name, j.scheduled,
   j.schedule_interval,
-  j.config, s.last_run_status, s.last_run_started_at, s.last_successful_finish,
-  s.next_start, coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
+  j.config, s.last_run_status,
+  case when pg_catalog.isfinite(s.last_run_started_at) then s.last_run_started_at end,
+  case when pg_catalog.isfinite(s.last_successful_finish) then s.last_successful_finish end,
+  case when pg_catalog.isfinite(s.next_start) then s.next_start end,
+  coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
   (select e.err_message from timescaledb_information.job_errors as e
     where e.job_id = j.job_id order by e.finish_time desc limit 1)
 from timescaledb_information.jobs as j
 left join timescaledb_information.job_stats as s on s.job_id = j.job_id
 where j.hypertable_schema = %s
 order by j.hypertable_name, j.job_id
+"""
+
+# The raw hypertables behind the rollups and their time columns.
+_RAW_TABLES = {"traces": "started_at", "spans": "started_at", "document_events": "created_at"}
+_FUTURE_ROWS = """
+select pg_catalog.count(*), pg_catalog.max({column}) filter (where pg_catalog.isfinite({column}))
+from {table} where {column} > pg_catalog.now() + %(skew)s
+"""
+# The newest raw row behind each family of rollups, rows dated in the future left out.
+_NEWEST_RAW = """
+select 'traces', pg_catalog.max(started_at) from observability.traces
+where started_at > '-infinity' and started_at <= pg_catalog.now() + %(skew)s
+union all
+select 'llm_spans', pg_catalog.max(started_at) from observability.spans
+where span_type = 'llm'
+  and started_at > '-infinity' and started_at <= pg_catalog.now() + %(skew)s
+union all
+select 'document_events', pg_catalog.max(created_at) from observability.document_events
+where created_at > '-infinity' and created_at <= pg_catalog.now() + %(skew)s
 """
 
 _KINDS = {
@@ -108,13 +163,15 @@ def _level(name: str) -> tuple[str, int]:
 
 def rollup_statuses(conn: psycopg.Connection[Any], now: datetime) -> list[RollupStatus]:
     statuses = []
+    skew = {"skew": CLOCK_SKEW}
     for row in conn.execute(_ROLLUPS, [SCHEMA]).fetchall():
         view_schema, view, source_schema, source, mat_schema, mat_table = row[:6]
         width, real_time, watermark = row[6:]
-        newest = conn.execute(
-            sql.SQL(_NEWEST_BUCKET).format(sql.Identifier(mat_schema, mat_table))
-        ).fetchone()
+        table = sql.Identifier(mat_schema, mat_table)
+        newest = conn.execute(sql.SQL(_NEWEST_BUCKET).format(table), skew).fetchone()
+        future = conn.execute(sql.SQL(_FUTURE_BUCKETS).format(table), skew).fetchone()
         newest_bucket = newest[0] if newest else None
+        future_buckets, newest_future = future if future else (0, None)
         statuses.append(
             RollupStatus(
                 name=f"{view_schema}.{view}",
@@ -123,7 +180,11 @@ def rollup_statuses(conn: psycopg.Connection[Any], now: datetime) -> list[Rollup
                 real_time=bool(real_time),
                 newest_bucket=newest_bucket,
                 watermark=watermark,
-                lag=now - watermark if watermark is not None else None,
+                # past now only when buckets ahead of the clock were materialized, which
+                # future_buckets reports; a negative lag would read as "fresher than fresh"
+                lag=max(now - watermark, timedelta(0)) if watermark is not None else None,
+                future_buckets=int(future_buckets),
+                newest_future_bucket=newest_future,
             )
         )
     return sorted(statuses, key=lambda s: _level(s.name))
@@ -154,8 +215,25 @@ def job_statuses(conn: psycopg.Connection[Any]) -> list[JobStatus]:
     return sorted(jobs, key=lambda j: (_level(j.target), j.kind))
 
 
+def raw_statuses(conn: psycopg.Connection[Any]) -> list[RawStatus]:
+    statuses = []
+    for table, column in _RAW_TABLES.items():
+        statement = sql.SQL(_FUTURE_ROWS).format(
+            table=sql.Identifier(SCHEMA, table), column=sql.Identifier(column)
+        )
+        row = conn.execute(statement, {"skew": CLOCK_SKEW}).fetchone()
+        count, newest = row if row else (0, None)
+        statuses.append(RawStatus(f"{SCHEMA}.{table}", int(count), newest))
+    return statuses
+
+
+def newest_raw(conn: psycopg.Connection[Any]) -> dict[str, datetime | None]:
+    return dict(conn.execute(_NEWEST_RAW, {"skew": CLOCK_SKEW}).fetchall())
+
+
 def rollup_health(conn: psycopg.Connection[Any]) -> RollupHealth:
-    """What the database says about the rollups: sketch in use, freshness, policy jobs."""
+    """What the database says about the rollups: sketch in use, freshness, policy jobs, and
+    raw rows dated ahead of the clock, which freshness leaves out."""
     row = conn.execute("select pg_catalog.now()").fetchone()
     assert row is not None
     now = row[0]
@@ -166,4 +244,6 @@ def rollup_health(conn: psycopg.Connection[Any]) -> RollupHealth:
         sketch=sketch,
         rollups=rollup_statuses(conn, now),
         jobs=job_statuses(conn),
+        raw=raw_statuses(conn),
+        newest_raw=newest_raw(conn),
     )

@@ -13,24 +13,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.health import rollup_health
+from worker.health import CLOCK_SKEW, rollup_health
 
 log = logging.getLogger("worker.metrics")
 
 CONNECT_TIMEOUT_SECONDS = 5
 
-# The newest raw row behind each family of rollups (rollup names are <source>_<level>).
-_NEWEST_RAW = """
-select 'traces', pg_catalog.max(started_at) from observability.traces
-union all
-select 'llm_spans', pg_catalog.max(started_at) from observability.spans where span_type = 'llm'
-union all
-select 'document_events', pg_catalog.max(created_at) from observability.document_events
-"""
-
 
 class DatabaseHealthCollector(Collector):
-    """Freshness of every rollup and the database-side policy jobs, read at scrape time."""
+    """Freshness of every rollup, rows dated ahead of now and the database-side policy jobs,
+    read at scrape time."""
 
     def __init__(self, database_url: str | None) -> None:
         self.database_url = database_url
@@ -49,7 +41,6 @@ class DatabaseHealthCollector(Collector):
                 self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
             ) as conn:
                 health = rollup_health(conn)
-                newest_raw = dict(conn.execute(_NEWEST_RAW).fetchall())
         except psycopg.Error as exc:
             log.warning("health check could not read the database: %s", exc)
             up.add_metric([], 0)
@@ -60,27 +51,42 @@ class DatabaseHealthCollector(Collector):
 
         lag = GaugeMetricFamily(
             "observability_rollup_lag_seconds",
-            "Seconds between now and the end of the rollup's materialized data (its watermark)",
+            "Seconds between now and the end of the rollup's materialized data (its watermark), "
+            "0 when that is at or past now",
             labels=["rollup"],
         )
         newest = GaugeMetricFamily(
             "observability_rollup_newest_bucket_timestamp_seconds",
-            "Unix time of the start of the newest materialized bucket",
+            "Unix time of the start of the newest materialized bucket, leaving out buckets "
+            "dated ahead of now",
+            labels=["rollup"],
+        )
+        future_buckets = GaugeMetricFamily(
+            "observability_rollup_future_buckets",
+            f"Materialized buckets starting more than {_skew()} after now (rows dated in the "
+            "future were refreshed); lag and newest bucket leave them out",
             labels=["rollup"],
         )
         behind = GaugeMetricFamily(
             "observability_rollup_unmaterialized_seconds",
             "How much of the newest raw data the rollup has not materialized yet: newest raw "
-            "row minus watermark, 0 when caught up, +Inf when nothing is materialized",
+            "row (rows dated ahead of now left out) minus watermark, 0 when caught up, +Inf "
+            "when nothing is materialized",
             labels=["rollup"],
+        )
+        future_rows = GaugeMetricFamily(
+            "observability_raw_future_rows",
+            f"Raw rows dated more than {_skew()} after now; freshness leaves them out",
+            labels=["table"],
         )
         for rollup in health.rollups:
             if rollup.lag is not None:
                 lag.add_metric([rollup.name], rollup.lag.total_seconds())
             if rollup.newest_bucket is not None:
                 newest.add_metric([rollup.name], rollup.newest_bucket.timestamp())
+            future_buckets.add_metric([rollup.name], rollup.future_buckets)
             source = rollup.name.removeprefix("observability.").rpartition("_")[0]
-            raw = newest_raw.get(source)
+            raw = health.newest_raw.get(source)
             if raw is not None:
                 if rollup.watermark is None:
                     behind.add_metric([rollup.name], math.inf)
@@ -88,9 +94,13 @@ class DatabaseHealthCollector(Collector):
                     behind.add_metric(
                         [rollup.name], max(0.0, (raw - rollup.watermark).total_seconds())
                     )
+        for table in health.raw:
+            future_rows.add_metric([table.table], table.future_rows)
         yield lag
         yield newest
         yield behind
+        yield future_buckets
+        yield future_rows
 
         failures = GaugeMetricFamily(
             "observability_job_failures",
@@ -102,12 +112,26 @@ class DatabaseHealthCollector(Collector):
             "1 when the job's last run succeeded, 0 when it failed (absent before any run)",
             labels=["job_kind", "target"],
         )
+        never = GaugeMetricFamily(
+            "observability_job_never_succeeded",
+            "1 when the job has failed and has no successful run, 0 when it has succeeded "
+            "(absent before any run)",
+            labels=["job_kind", "target"],
+        )
         for job in health.jobs:
             failures.add_metric([job.kind, job.target], job.total_failures)
             if job.last_run_status is not None:
                 last_ok.add_metric([job.kind, job.target], job.last_run_status == "Success")
+            # not tied to the last run's status, which a server leaves empty while the job runs
+            if job.total_runs:
+                never.add_metric([job.kind, job.target], job.never_succeeded)
         yield failures
         yield last_ok
+        yield never
+
+
+def _skew() -> str:
+    return f"{int(CLOCK_SKEW.total_seconds() // 60)} minutes"
 
 
 class _ProcessLocal(Collector):

@@ -33,7 +33,10 @@ $$;
 
 -- Freshness of every rollup: how far its materialized part lags behind now, and how its
 -- refresh policy is doing. watermark is where the materialized part ends (real-time
--- aggregation covers the rest); NULL when nothing was materialized yet.
+-- aggregation covers the rest); NULL when nothing was materialized yet. TimescaleDB's job
+-- statistics say -infinity for "not set" (the last successful finish of a job that never
+-- succeeded, the last start of a job rescheduled before its first run, the next start of a
+-- running job), which clients cannot load: NULL here.
 create or replace view observability.rollup_freshness as
 select
   c.view_name::text as rollup,
@@ -42,13 +45,19 @@ select
     when 'hourly' then 'hour' when 'daily' then 'day' when 'weekly' then 'week'
   end as granularity,
   w.watermark,
-  pg_catalog.date_part('epoch', pg_catalog.now() - w.watermark)::float8 as lag_seconds,
+  -- 0, not negative, when buckets dated ahead of the clock were materialized (python -m
+  -- worker status names them); NULL when nothing was materialized
+  case when w.watermark > pg_catalog.now() then 0
+    else pg_catalog.date_part('epoch', pg_catalog.now() - w.watermark)::float8
+  end as lag_seconds,
   j.job_id,
   j.schedule_interval,
   s.last_run_status,
-  s.last_run_started_at,
-  s.last_successful_finish,
-  s.next_start,
+  case when pg_catalog.isfinite(s.last_run_started_at) then s.last_run_started_at end
+    as last_run_started_at,
+  case when pg_catalog.isfinite(s.last_successful_finish) then s.last_successful_finish end
+    as last_successful_finish,
+  case when pg_catalog.isfinite(s.next_start) then s.next_start end as next_start,
   coalesce(s.total_runs, 0)::bigint as total_runs,
   coalesce(s.total_failures, 0)::bigint as total_failures
 from timescaledb_information.continuous_aggregates as c
@@ -57,7 +66,8 @@ join _timescaledb_catalog.hypertable as h
   and h.table_name = c.materialization_hypertable_name
 cross join lateral (
   -- an empty rollup's watermark is the lowest timestamp there is
-  select case when x.watermark > '1900-01-01'::timestamptz then x.watermark end as watermark
+  select case when x.watermark > '1900-01-01'::timestamptz and pg_catalog.isfinite(x.watermark)
+    then x.watermark end as watermark
   from (
     select _timescaledb_functions.to_timestamp(_timescaledb_functions.cagg_watermark(h.id))
       as watermark

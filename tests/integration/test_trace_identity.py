@@ -279,3 +279,40 @@ def test_cost_coverage_counts_llm_spans_without_a_cost_by_model(
         ("overall", "", 3, 2.0, 0.0, 1.0),
         ("provider", "openai", 3, 2.0, 0.0, 1.0),
     ]
+
+
+def test_a_span_moved_days_away_is_still_found(endpoint: str, clean_observability: str) -> None:
+    # The writers look for a trace's stored rows in the range observability.trace_extents
+    # records for it; a move of days, into another chunk, stays one row.
+    post(endpoint, [root(), llm(CHILD, START + 10**8, "gpt-4o", (100, 10))])
+    days_ago = START - 5 * 24 * HOUR_NS
+    post(endpoint, [llm(CHILD, days_ago, "gpt-4o", (100, 10))])
+    post(endpoint, [llm(CHILD, START + 2 * 10**8, "gpt-4o", (100, 20))])
+    rows = fetch(clean_observability, "select started_at, output_tokens from observability.spans")
+    assert sorted(rows) == [(at(START), None), (at(START + 2 * 10**8), 20)]
+    assert fetch(
+        clean_observability,
+        "select first_started_at, last_started_at from observability.trace_extents",
+    ) == [(at(days_ago), at(START + 2 * 10**8))]
+    assert totals(clean_observability) == [(120, Decimal("0.000450"))]
+
+
+def test_pruning_forgets_ranges_that_retention_overtook(clean_observability: str) -> None:
+    with psycopg.connect(clean_observability, autocommit=True) as conn:
+        write_batch(
+            conn,
+            spans=[{"trace_id": TRACE, "span_id": CHILD, "name": "s", "span_type": "tool",
+                    "started_at": at(START)}],
+        )  # fmt: skip
+        conn.execute(
+            "insert into observability.trace_extents values (%s, %s, %s)",
+            ["f" * 32, datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC)],
+        )
+        conn.execute("call observability.prune_trace_extents(0, '{}')")
+        kept = conn.execute("select trace_id from observability.trace_extents").fetchall()
+        job = conn.execute(
+            "select count(*) from timescaledb_information.jobs"
+            " where proc_schema = 'observability' and proc_name = 'prune_trace_extents'"
+        ).fetchone()
+    assert kept == [(TRACE,)]
+    assert job == (1,)

@@ -11,6 +11,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from worker.ingest import DEFAULT_LIMITS
 from worker.ingest.items import SPAN, TRACE
 from worker.models.observability import SPAN_TYPES, TRACE_STATUSES
+from worker.otlp import conventions
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
 from worker.otlp.encode import key_values, make_request, otlp_json
 from worker.otlp.mapping import MappedBatch, map_request
@@ -44,6 +45,7 @@ attribute_maps = st.dictionaries(
                 "user.id",
                 "session.id",
                 "gen_ai.server.time_to_first_token",
+                "gen_ai.response.time_to_first_chunk",
                 "openinference.span.kind",
             ]
         ),
@@ -52,6 +54,16 @@ attribute_maps = st.dictionaries(
     max_size=8,
 )
 times = st.integers(min_value=0, max_value=2**64 - 1)
+events = st.builds(
+    lambda name, time, attributes: {
+        "name": name,
+        "time_unix_nano": time,
+        "attributes": key_values(attributes),
+    },
+    st.one_of(texts, st.sampled_from(["exception", *sorted(conventions.STREAM_CHUNK_EVENTS)])),
+    times,
+    attribute_maps,
+)
 
 
 @st.composite
@@ -68,6 +80,7 @@ def spans(draw: st.DrawFn, index: int) -> Span:
         end_time_unix_nano=draw(times),
         attributes=key_values(draw(attribute_maps)),
         status={"code": draw(st.sampled_from([0, 1, 2])), "message": draw(texts)},
+        events=draw(st.lists(events, max_size=3)),
     )
 
 

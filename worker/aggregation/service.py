@@ -27,9 +27,11 @@ from worker.aggregation.windows import (
     InvalidWindow,
     Window,
     aligned_window,
+    bucket_ceil,
     check_granularity,
     default_window,
 )
+from worker.health import CLOCK_SKEW
 from worker.retention import raw_horizon
 from worker.settings import WorkerSettings
 
@@ -44,17 +46,33 @@ CATCH_UP_BUCKETS = {"hour": 7 * 24, "day": 31, "week": 8}
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
 BACKFILL_REFRESH_RETRIES = 6
 
-# The shortest raw-data retention and the narrowest raw chunk: retention drops whole chunks
-# whose end is older than now - drop_after, so the chunk holding that horizon is still complete.
-# Either extreme errs on the side of a later horizon when the tables differ.
-
-
 class RangeBeyondRetention(InvalidWindow):
     """The window reaches back past the raw-data retention horizon."""
 
 
+class WindowInFuture(InvalidWindow):
+    """The window ends after the bucket that holds now: nothing there can exist yet, and the
+    run would be recorded as synced up to that end."""
+
+
 class MissingDatabaseUrl(RuntimeError):
     pass
+
+
+def backfill_window(granularity: str, start: datetime, end: datetime, now: datetime) -> Window:
+    """The whole buckets covering [start, end), refused when they reach past the bucket that
+    holds now + CLOCK_SKEW (a caller whose clock is a little ahead of ours is not refused).
+    Ending in that still-open bucket is allowed: it is synced as it stands, and scheduled runs
+    complete it once it has closed."""
+    window = aligned_window(granularity, start, end)
+    limit = bucket_ceil(now + CLOCK_SKEW, granularity)
+    if window.end > limit:
+        raise WindowInFuture(
+            f"the window ends at {end.isoformat()}, after the {granularity} bucket that holds "
+            f"now (it ends at {limit.isoformat()}): there is nothing to aggregate there yet, "
+            f"and the range would be recorded as synced. End at or before {limit.isoformat()}."
+        )
+    return window
 
 
 def aggregate_observability_metrics(
@@ -82,7 +100,7 @@ def aggregate_observability_metrics(
         return _run("scheduled", window, _url(database_url), now=now, force=force, task_id=task_id)
     if start is None or end is None:
         raise InvalidWindow("pass both start and end, or neither (the latest complete buckets)")
-    window = aligned_window(granularity, start, end)
+    window = backfill_window(granularity, start, end, now)
     return _run(
         "backfill",
         window,
@@ -111,14 +129,16 @@ def backfill_metrics(
 
     resume continues the latest backfill of the same range if it did not finish.
     wait_seconds is how long to wait for another run of this granularity to finish before
-    giving up with LeaseBusy.
+    giving up with LeaseBusy. A window that ends after the bucket holding now is refused with
+    WindowInFuture (see backfill_window).
     """
-    window = aligned_window(granularity, start, end)
+    now = now or datetime.now(UTC)
+    window = backfill_window(granularity, start, end, now)
     return _run(
         "backfill",
         window,
         _url(database_url),
-        now=now or datetime.now(UTC),
+        now=now,
         force=force,
         resume=resume,
         wait_seconds=wait_seconds,

@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -25,7 +26,8 @@ def register(subparsers: SubParsers) -> None:
         help="refresh the rollups over a past range and sync them into metrics_aggregates",
         description="Walk [--from, --to) in bounded batches: force refresh_continuous_aggregate "
         "over each batch (hourly, then daily, then weekly, up to --granularity), then upsert "
-        "its rows into metrics_aggregates. Progress is recorded after every batch; --resume "
+        "its rows into metrics_aggregates. --to may fall in the bucket that holds now, not "
+        "later. Progress is recorded after every batch; --resume "
         "continues an interrupted backfill of the same range. Only one backfill per "
         "granularity runs at a time: another one waits up to --wait seconds, then gives up.",
     )
@@ -69,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
         LeaseBusy,
         backfill_metrics,
     )
-    from worker.aggregation.windows import Window, aligned_window
+    from worker.aggregation.service import backfill_window
+    from worker.aggregation.windows import Window
 
     try:
-        window = aligned_window(args.granularity, args.start, args.end)
+        window = backfill_window(args.granularity, args.start, args.end, datetime.now(UTC))
     except InvalidWindow as exc:
         log.error("%s", exc)
         return 2

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from worker.commands import add_database_url, database_url
+from worker.health import CLOCK_SKEW
 
 if TYPE_CHECKING:
     from worker.aggregation.runs import GranularityStatus
@@ -30,7 +31,8 @@ def register(subparsers: SubParsers) -> None:
         description="Print which percentile sketch the rollups use, each continuous aggregate "
         "with its newest materialized bucket and lag, and the database's job statistics for "
         "the refresh, compression and retention policies, then the aggregation worker's last "
-        "success and latest run per granularity.",
+        "success and latest run per granularity. Rows and buckets dated ahead of the clock "
+        "are named apart: freshness leaves them out.",
     )
     add_database_url(status)
     status.set_defaults(handler=run)
@@ -101,6 +103,7 @@ def render(health: RollupHealth) -> list[str]:
             for r in health.rollups
         ],
     )
+    lines += _future(health)
     lines.append("")
     lines.append("jobs")
     lines += _table(
@@ -112,6 +115,7 @@ def render(health: RollupHealth) -> list[str]:
             "every",
             "last run",
             "status",
+            "last success",
             "next start",
             "runs",
             "failed",
@@ -125,6 +129,7 @@ def render(health: RollupHealth) -> list[str]:
                 _duration(j.schedule_interval),
                 _time(j.last_run_started_at),
                 j.last_run_status or "never ran",
+                _last_success(j),
                 _time(j.next_start) if j.scheduled else "paused",
                 str(j.total_runs),
                 str(j.total_failures),
@@ -132,10 +137,53 @@ def render(health: RollupHealth) -> list[str]:
             for j in health.jobs
         ],
     )
+    for job in health.jobs:
+        if job.never_succeeded:
+            runs = _plural(job.total_failures, "failed run")
+            lines.append(
+                f"job {job.job_id} ({job.kind} of {job.target}) has never succeeded: {runs}"
+            )
     errors = [j for j in health.jobs if j.last_error and j.last_run_status == "Failed"]
     for job in errors:
         lines.append(f"job {job.job_id} last failed with: {job.last_error}")
     return lines
+
+
+def _future(health: RollupHealth) -> list[str]:
+    ahead = f"dated more than {_duration(CLOCK_SKEW)} ahead of now"
+    lines = []
+    for rollup in health.rollups:
+        if rollup.future_buckets:
+            buckets = _plural(rollup.future_buckets, "materialized bucket")
+            latest = _time_or_infinity(rollup.newest_future_bucket)
+            lines.append(
+                f"{rollup.name} has {buckets} {ahead} (the latest at {latest}): newest bucket "
+                "and lag leave them out"
+            )
+    for table in health.raw:
+        if table.future_rows:
+            rows = _plural(table.future_rows, "row")
+            latest = _time_or_infinity(table.newest_future)
+            lines.append(
+                f"{table.table} has {rows} {ahead} (the latest at {latest}): freshness leaves "
+                "them out until their time comes; check the clock of whatever wrote them"
+            )
+    return lines
+
+
+def _last_success(job: JobStatus) -> str:
+    if job.last_successful_finish is not None:
+        return _time(job.last_successful_finish)
+    return "never succeeded" if job.never_succeeded else "-"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _time_or_infinity(value: datetime | None) -> str:
+    # counted rows or buckets without a finite latest time are dated 'infinity'
+    return _time(value) if value is not None else "infinity"
 
 
 def _settings(job: JobStatus) -> str:

@@ -13,7 +13,7 @@ from worker.aggregation.refresh import refresh_bounds
 from worker.aggregation.windows import bucket_floor
 from worker.ingest.pricing import COST_SOURCE_KEY, COST_SOURCE_PRICES
 from worker.ingest.time_policy import lower_bound
-from worker.ingest.traces import SPANS_MARK, lock_traces, update_totals
+from worker.ingest.traces import SPANS_MARK, Extents, Window, lock_traces, update_totals
 from worker.retention import raw_horizon
 
 # The rollups over span costs and over trace costs, lowest level first: each level is
@@ -79,7 +79,7 @@ where t.started_at >= %(start)s and t.started_at < %(end)s
 """
 TRACE_COSTS_SQL = """
 select t.trace_id, t.started_at, t.cost_usd from observability.traces as t
-where t.trace_id = any(%s::text[]) and t.started_at >= %s
+where t.trace_id = any(%s::text[]) and t.started_at >= %s and t.started_at <= %s
 """
 REFRESH_SQL = "call public.refresh_continuous_aggregate(%s::regclass, %s, %s)"
 
@@ -193,17 +193,20 @@ def _sum_traces(
         cur.execute(WINDOW_TRACES_SQL, {"start": start, "end": end, "spans_marker": SPANS_MARK})
         ids = {trace_id for (trace_id,) in cur} | set(changed)
         lock_traces(cur, ids)
-        before = _costs(cur, ids, horizon)
-        update_totals(cur, ids, horizon)
-        after = _costs(cur, ids, horizon)
+        window = Extents(cur, ids).window(horizon)
+        if window is None:
+            return 0, None, None
+        before = _costs(cur, ids, window)
+        update_totals(cur, ids, window)
+        after = _costs(cur, ids, window)
     moved = [started for key, (started, cost) in after.items() if before[key][1] != cost]
     return len(moved), min(moved, default=None), max(moved, default=None)
 
 
 def _costs(
-    cur: psycopg.Cursor[Any], ids: set[str], horizon: datetime
+    cur: psycopg.Cursor[Any], ids: set[str], window: Window
 ) -> dict[str, tuple[datetime, Decimal | None]]:
-    cur.execute(TRACE_COSTS_SQL, [sorted(ids), horizon])
+    cur.execute(TRACE_COSTS_SQL, [sorted(ids), window.first, window.last])
     return {trace_id: (started, cost) for trace_id, started, cost in cur}
 
 

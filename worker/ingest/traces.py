@@ -45,14 +45,15 @@ _ROOTS = """
 select s.trace_id, pg_catalog.min(s.started_at), pg_catalog.max(s.ended_at),
   pg_catalog.bool_or(s.status = 'error'), pg_catalog.bool_or(s.ended_at is null)
 from observability.spans as s
-where s.trace_id = any(%(ids)s::text[]) and s.started_at >= %(horizon)s
-  and s.parent_span_id is null
+where s.trace_id = any(%(ids)s::text[]) and s.started_at >= %(first)s
+  and s.started_at <= %(last)s and s.parent_span_id is null
 group by s.trace_id
 """
 _STORED_TRACES = """
 select {columns}
 from observability.traces as t
-where t.trace_id = any(%(ids)s::text[]) and t.started_at >= %(horizon)s
+where t.trace_id = any(%(ids)s::text[]) and t.started_at >= %(first)s
+  and t.started_at <= %(last)s
 """
 
 # Sums over nothing stay NULL (unknown), never zero; tokens are added as bigint, as two int4
@@ -63,7 +64,8 @@ select s.trace_id,
     filter (where s.input_tokens is not null or s.output_tokens is not null),
   pg_catalog.sum(s.cost_usd)
 from observability.spans as s
-where s.trace_id = any(%(ids)s::text[]) and s.started_at >= %(horizon)s
+where s.trace_id = any(%(ids)s::text[]) and s.started_at >= %(first)s
+  and s.started_at <= %(last)s
 group by s.trace_id
 """
 _SET_TOTALS = """
@@ -71,13 +73,74 @@ update observability.traces as t
 set total_tokens = v.tokens, cost_usd = v.cost, attributes = t.attributes || %(mark)s::jsonb
 from rows from (pg_catalog.unnest(%(ids)s::text[]), pg_catalog.unnest(%(tokens)s::integer[]),
   pg_catalog.unnest(%(costs)s::numeric[])) as v (trace_id, tokens, cost)
-where t.trace_id = v.trace_id and t.started_at >= %(horizon)s
+where t.trace_id = v.trace_id and t.started_at >= %(first)s and t.started_at <= %(last)s
   and (t.total_tokens is distinct from v.tokens or t.cost_usd is distinct from v.cost
     or not t.attributes @> %(mark)s::jsonb)
+"""
+_EXTENTS = """
+select e.trace_id, e.first_started_at, e.last_started_at from observability.trace_extents as e
+where e.trace_id = any(%s::text[])
+"""
+_WIDEN = """
+insert into observability.trace_extents as e (trace_id, first_started_at, last_started_at)
+select * from rows from (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::timestamptz[]),
+  pg_catalog.unnest(%s::timestamptz[]))
+on conflict (trace_id) do update
+set first_started_at = least(e.first_started_at, excluded.first_started_at),
+  last_started_at = greatest(e.last_started_at, excluded.last_started_at)
+where excluded.first_started_at < e.first_started_at
+  or excluded.last_started_at > e.last_started_at
 """
 SPANS_MARK = json.dumps({COST_SOURCE_KEY: COST_SOURCE_SPANS})
 
 _POS = {name: TRACE.position(name) for name in TRACE.column_names}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where stored rows of some traces may lie: started_at in [first, last]."""
+
+    first: datetime
+    last: datetime
+
+    def params(self) -> dict[str, datetime]:
+        return {"first": self.first, "last": self.last}
+
+
+class Extents:
+    """The stored time ranges of a set of traces (observability.trace_extents)."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], trace_ids: Collection[str]) -> None:
+        self.ranges: dict[str, tuple[datetime, datetime]] = {
+            trace_id: (first, last)
+            for trace_id, first, last in cur.execute(_EXTENTS, [sorted(trace_ids)])
+        }
+
+    def window(self, horizon: datetime, trace_ids: Iterable[str] | None = None) -> Window | None:
+        """The range holding every stored row of these traces (all known ones by default), cut
+        at the retention horizon; None when none of them has a stored row."""
+        ids = self.ranges if trace_ids is None else trace_ids
+        found = [self.ranges[t] for t in ids if t in self.ranges]
+        if not found:
+            return None
+        return Window(max(horizon, min(f for f, _ in found)), max(last for _, last in found))
+
+    def widen(self, cur: psycopg.Cursor[Any], times: dict[str, list[datetime]]) -> None:
+        """Record that these traces now have rows at these times too."""
+        ids, firsts, lasts = [], [], []
+        for trace_id, started in sorted(times.items()):
+            first, last = min(started), max(started)
+            known = self.ranges.get(trace_id)
+            if known is not None:
+                if known[0] <= first and last <= known[1]:
+                    continue
+                first, last = min(first, known[0]), max(last, known[1])
+            self.ranges[trace_id] = (first, last)
+            ids.append(trace_id)
+            firsts.append(first)
+            lasts.append(last)
+        if ids:
+            cur.execute(_WIDEN, [ids, firsts, lasts])
 
 
 def lock_traces(cur: psycopg.Cursor[Any], trace_ids: Collection[str]) -> None:
@@ -94,23 +157,19 @@ def lock_traces(cur: psycopg.Cursor[Any], trace_ids: Collection[str]) -> None:
 
 
 def from_roots(
-    cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], horizon: datetime
+    cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], window: Window
 ) -> tuple[list[tuple[Any, ...]], list[str]]:
     """Trace rows reported by root spans, merged with what is stored: the trace starts with its
     earliest root and ends with its latest; it failed if a root failed and runs while a root
     runs; its name, operation, user, session and knowledge base are those of its earliest root.
     Returns the rows to write and warnings."""
     ids = [row[_POS["trace_id"]] for row in rows]
-    roots = {r[0]: r[1:] for r in cur.execute(_ROOTS, {"ids": ids, "horizon": horizon})}
+    bounds = {"ids": ids, **window.params()}
+    roots = {r[0]: r[1:] for r in cur.execute(_ROOTS, bounds)}
     columns = ", ".join(
         f"t.{name}::text" if name == "attributes" else f"t.{name}" for name in TRACE.column_names
     )
-    stored = {
-        r[0]: r
-        for r in cur.execute(
-            _STORED_TRACES.format(columns=columns), {"ids": ids, "horizon": horizon}
-        )
-    }
+    stored = {r[0]: r for r in cur.execute(_STORED_TRACES.format(columns=columns), bounds)}
     merged, warnings = [], []
     for row in rows:
         trace_id = row[_POS["trace_id"]]
@@ -148,14 +207,14 @@ class Totals:
     warnings: list[str]
 
 
-def update_totals(cur: psycopg.Cursor[Any], trace_ids: Iterable[str], horizon: datetime) -> Totals:
+def update_totals(cur: psycopg.Cursor[Any], trace_ids: Iterable[str], window: Window) -> Totals:
     """Sum the stored spans' tokens and costs into their traces. A sum over no value stays NULL;
     a sum past its column's range is stored as NULL, with a warning naming the trace."""
     ids = sorted(set(trace_ids))
     if not ids:
         return Totals(0, [])
     names, tokens, costs, warnings = [], [], [], []
-    for trace_id, token_sum, cost_sum in cur.execute(_SUMS, {"ids": ids, "horizon": horizon}):
+    for trace_id, token_sum, cost_sum in cur.execute(_SUMS, {"ids": ids, **window.params()}):
         if token_sum is not None and token_sum > INT32_MAX:
             warnings.append(
                 f"trace {trace_id}: total_tokens stored as NULL: its spans sum to "
@@ -178,7 +237,7 @@ def update_totals(cur: psycopg.Cursor[Any], trace_ids: Iterable[str], horizon: d
                 "ids": names,
                 "tokens": tokens,
                 "costs": costs,
-                "horizon": horizon,
+                **window.params(),
                 "mark": SPANS_MARK,
             },
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -13,7 +13,14 @@ from psycopg import sql
 from worker.ingest.items import CHAT_MESSAGE, DOCUMENT_EVENT, SPAN, TRACE, Kind
 from worker.ingest.pricing import price_spans
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE, TimePolicy, current_policy
-from worker.ingest.traces import from_roots, lock_traces, too_long, update_totals
+from worker.ingest.traces import (
+    Extents,
+    Window,
+    from_roots,
+    lock_traces,
+    too_long,
+    update_totals,
+)
 from worker.ingest.validation import (
     DEFAULT_LIMITS,
     MILLISECOND,
@@ -117,12 +124,17 @@ class _Write:
     traces_from_spans: bool
 
     def trace_ids(self) -> set[str]:
-        return {
-            row[kind.position("trace_id")]
-            for kind, rows in self.batches
-            if kind in (SPAN, TRACE)
-            for row in rows
-        }
+        return set(self.trace_times())
+
+    def trace_times(self) -> dict[str, list[datetime]]:
+        """The start times of the batch's traces and spans, by trace."""
+        times: dict[str, list[datetime]] = {}
+        for kind, rows in self.batches:
+            if kind in (SPAN, TRACE):
+                trace_at, started_at = kind.position("trace_id"), kind.position("started_at")
+                for row in rows:
+                    times.setdefault(row[trace_at], []).append(row[started_at])
+        return times
 
 
 def _write_all(
@@ -132,6 +144,11 @@ def _write_all(
     with conn.transaction(), conn.cursor() as cur:
         trace_ids = write.trace_ids()
         lock_traces(cur, trace_ids)
+        extents = Extents(cur, trace_ids)
+        # Where the rows these items may replace lie (None: every trace is new), then where all
+        # rows of these traces lie once the batch is written.
+        stored, known = extents.window(horizon), sorted(extents.ranges)
+        extents.widen(cur, write.trace_times())
         for kind, rows in write.batches:
             statements = upsert_statements(kind)
             if nested or kind.name not in staged:
@@ -142,18 +159,22 @@ def _write_all(
             if kind is SPAN:
                 rows = price_spans(cur, rows)
             elif kind is TRACE and write.traces_from_spans:
-                rows, warnings = from_roots(cur, rows, horizon)
+                window = extents.window(horizon, trace_ids)
+                assert window is not None
+                rows, warnings = from_roots(cur, rows, window)
                 result.warnings += warnings
             with cur.copy(statements.copy) as copy:
                 copy.set_types(statements.copy_types)
                 for row in rows:
                     copy.write_row(row)
-            if statements.delete_moved is not None:
-                cur.execute(statements.delete_moved, {"horizon": horizon})
+            if statements.moved is not None and stored is not None:
+                delete_moved(cur, statements.moved, stored, known)
             cur.execute(statements.upsert)
             result.written[kind.name] = cur.rowcount
         if write.traces_from_spans:
-            result.warnings += update_totals(cur, trace_ids, horizon).warnings
+            window = extents.window(horizon, trace_ids)
+            assert window is not None
+            result.warnings += update_totals(cur, trace_ids, window).warnings
     if not nested:
         # Committed: the staging tables exist for the rest of the session. Created inside the
         # caller's transaction, they would vanish if the caller rolled back.
@@ -213,7 +234,7 @@ class UpsertStatements:
     copy_types: list[str]
     upsert: sql.Composed
     # Kinds whose time may change between deliveries: the row of another time to remove.
-    delete_moved: sql.Composed | None
+    moved: MovedStatements | None
 
 
 @cache
@@ -261,18 +282,75 @@ def upsert_statements(kind: Kind) -> UpsertStatements:
         copy=sql.SQL("copy pg_temp.{} ({}) from stdin (format binary)").format(stage, columns),
         copy_types=[c.pg_type for c in kind.columns],
         upsert=upsert,
-        delete_moved=_delete_moved(kind, target, source) if kind.time_varies else None,
+        moved=_moved_statements(kind, target, stage) if kind.time_varies else None,
     )
 
 
-def _delete_moved(kind: Kind, target: sql.Composable, source: sql.Composable) -> sql.Composed:
-    # The identity leads the primary key, so each staged item is an index probe per chunk;
-    # the retention horizon keeps chunks that retention is about to drop out of it.
+@dataclass(frozen=True)
+class MovedStatements:
+    """Finding and removing the stored rows of staged items that now have another time."""
+
+    find: sql.Composed
+    delete: sql.Composed
+    columns: tuple[str, ...]  # the identity, then the time column
+    types: tuple[str, ...]
+
+
+def _moved_statements(kind: Kind, target: sql.Composable, stage: sql.Identifier) -> MovedStatements:
+    # Each staged item is looked up on its own through the primary key (the identity leads it):
+    # a plain join was planned as a merge join over every stored row, as the staging table has
+    # no statistics. OFFSET 0 keeps the lateral subquery from being flattened into such a join.
+    # The window (from observability.trace_extents) keeps out the chunks that cannot hold them.
     time = sql.Identifier(kind.time_column)
     same = sql.SQL(" and ").join(
-        sql.SQL("t.{name} = b.{name}").format(name=sql.Identifier(n)) for n in kind.identity
+        sql.SQL("s.{name} = b.{name}").format(name=sql.Identifier(n)) for n in kind.identity
     )
-    return sql.SQL(
-        "delete from {target} as t using {source} where {same} "
-        "and t.{time} <> b.{time} and t.{time} >= %(horizon)s"
-    ).format(target=target, source=source, same=same, time=time)
+    find = sql.SQL(
+        "select {identity}, o.{time} from pg_temp.{stage} as b cross join lateral "
+        "(select s.{time} from {target} as s where {same} and s.{time} <> b.{time} "
+        "and s.{time} >= %(first)s and s.{time} <= %(last)s offset 0) as o "
+        "where b.trace_id = any(%(known)s::text[])"
+    ).format(
+        identity=sql.SQL(", ").join(
+            sql.SQL("b.{}").format(sql.Identifier(n)) for n in kind.identity
+        ),
+        time=time,
+        stage=stage,
+        target=target,
+        same=same,
+    )
+    columns = (*kind.identity, kind.time_column)
+    types = tuple(kind.columns[kind.position(n)].pg_type for n in columns)
+    arrays = sql.SQL(", ").join(
+        sql.SQL("pg_catalog.unnest({}::{}[])").format(sql.Placeholder(), sql.SQL(t)) for t in types
+    )
+    first = sql.Identifier(columns[0])
+    delete = sql.SQL(
+        "delete from {target} as t using rows from ({arrays}) as m ({names}) "
+        "where {matches} and t.{first} = any({ids}::{first_type}[])"
+    ).format(
+        target=target,
+        arrays=arrays,
+        names=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        matches=sql.SQL(" and ").join(
+            sql.SQL("t.{name} = m.{name}").format(name=sql.Identifier(n)) for n in columns
+        ),
+        first=first,
+        ids=sql.Placeholder(),
+        first_type=sql.SQL(types[0]),
+    )
+    return MovedStatements(find, delete, columns, types)
+
+
+def delete_moved(
+    cur: psycopg.Cursor[Any], statements: MovedStatements, stored: Window, known: list[str]
+) -> int:
+    """Remove the stored rows of the staged items that now have another time; returns how many.
+    Only the items of known traces (with rows stored in the window) are looked up."""
+    params = {"known": known, **stored.params()}
+    moved = cur.execute(statements.find, params).fetchall()
+    if not moved:
+        return 0
+    columns = [list(values) for values in zip(*moved, strict=True)]
+    cur.execute(statements.delete, [*columns, columns[0]])
+    return cur.rowcount

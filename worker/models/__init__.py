@@ -16,7 +16,13 @@ from worker.models.observability import (
     Trace,
 )
 from worker.models.prices import ModelPrice
-from worker.models.worker_state import RUN_KINDS, RUN_STATUSES, AggregationRun, WorkerLease
+from worker.models.worker_state import (
+    RUN_KINDS,
+    RUN_STATUSES,
+    AggregationRun,
+    TraceExtent,
+    WorkerLease,
+)
 
 OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     Trace,
@@ -27,6 +33,7 @@ OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     ProviderSyncStatus,
     AggregationRun,
     WorkerLease,
+    TraceExtent,
 )
 
 __all__ = [
@@ -49,5 +56,6 @@ __all__ = [
     "ProviderSyncStatus",
     "Span",
     "Trace",
+    "TraceExtent",
     "WorkerLease",
 ]

@@ -41,3 +41,14 @@ class WorkerLease(Base):
     task_id: Mapped[str | None]
     acquired_at: Mapped[datetime] = mapped_column(server_default=func.now())
     expires_at: Mapped[datetime]
+
+
+class TraceExtent(Base):
+    """Earliest and latest start of a trace's stored rows, kept by the writers."""
+
+    __tablename__ = "trace_extents"
+    __table_args__ = (Index("trace_extents_last_started_at_idx", "last_started_at"),)
+
+    trace_id: Mapped[str] = mapped_column(primary_key=True)
+    first_started_at: Mapped[datetime]
+    last_started_at: Mapped[datetime]

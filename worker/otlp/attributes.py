@@ -4,7 +4,7 @@ import base64
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -19,33 +19,42 @@ TOO_DEEP = "[nested deeper than 8 levels]"
 DROPPED = "[dropped: the attributes exceeded their size limit]"
 
 
+_WARNINGS = {
+    "truncated": "string values cut to {limit} characters",
+    "items": "attribute lists cut to {limit} entries",
+    "depth": "values nested deeper than {limit} levels replaced",
+    "nul": "NUL characters replaced by U+FFFD",
+    "non_finite": "NaN or infinite doubles stored as strings",
+    "dropped": "attribute values dropped to fit the attributes size limit ({limit} bytes)",
+    "indexed": "model, provider or session ids cut to fit their indexed columns ({limit} bytes)",
+}
+
+
 class Notes:
-    """Counts the values that were cut, for the warning in the response."""
+    """Counts the values that were cut, by kind and by the limit applied, for the warning in
+    the response."""
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[tuple[str, int]] = Counter()
         self.chars = 0  # characters seen, for a cheap upper bound on a value's JSON size
 
+    def note(self, kind: str, limit: int = 0) -> None:
+        self.counts[kind, limit] += 1
+
     def warnings(self) -> list[str]:
-        text = {
-            "truncated": f"string values cut to {MAX_STRING_CHARS} characters",
-            "items": f"attribute lists cut to {MAX_ITEMS} entries",
-            "depth": f"values nested deeper than {MAX_DEPTH} levels replaced",
-            "nul": "NUL characters replaced by U+FFFD",
-            "non_finite": "NaN or infinite doubles stored as strings",
-            "dropped": "attribute values dropped to fit the attributes size limit",
-            "indexed": "model, provider or session ids cut to fit their indexed columns",
-        }
-        return [f"{count} {text[kind]}" for kind, count in sorted(self.counts.items())]
+        return [
+            f"{count} {_WARNINGS[kind].format(limit=limit)}"
+            for (kind, limit), count in sorted(self.counts.items())
+        ]
 
 
 def clean_text(value: str, notes: Notes, max_chars: int = MAX_STRING_CHARS) -> str:
     # PostgreSQL text and jsonb cannot hold U+0000.
     if "\x00" in value:
-        notes.counts["nul"] += 1
+        notes.note("nul")
         value = value.replace("\x00", "\ufffd")
     if len(value) > max_chars:
-        notes.counts["truncated"] += 1
+        notes.note("truncated", max_chars)
         value = value[:max_chars]
     notes.chars += len(value) + 2
     return value
@@ -73,13 +82,13 @@ def fit(attrs: dict[str, Any], budget: int, notes: Notes, chars: int) -> dict[st
         if sizes[key] <= marker:
             break
         attrs[key] = DROPPED
-        notes.counts["dropped"] += 1
+        notes.note("dropped", budget)
         total -= sizes[key] - marker
         if total <= budget:
             return attrs
     while attrs and total > budget:  # too many keys even with the large values dropped
         key, value = attrs.popitem()
-        notes.counts["dropped"] += 1
+        notes.note("dropped", budget)
         total -= json_size(key) + 1 + json_size(value) + (1 if attrs else 0)
     return attrs
 
@@ -89,7 +98,7 @@ def attributes_dict(pairs: Iterable[KeyValue], notes: Notes, depth: int = 0) -> 
     chars = 0
     for n, pair in enumerate(pairs):
         if n == MAX_ITEMS:
-            notes.counts["items"] += 1
+            notes.note("items", MAX_ITEMS)
             break
         # The common cases inline (this loop is the mapper's hot spot); the rest in any_value.
         key = pair.key
@@ -115,6 +124,23 @@ def attributes_dict(pairs: Iterable[KeyValue], notes: Notes, depth: int = 0) -> 
     return result
 
 
+def split_attributes(
+    pairs: Sequence[KeyValue], notes: Notes, wanted: Collection[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attributes to store (the first MAX_ITEMS), and the wanted ones that come after them.
+
+    Columns are read from both, so that a span with more attributes than the limit keeps its
+    model and token counts; only what is stored as attributes is cut.
+    """
+    stored = attributes_dict(pairs, notes)
+    past: dict[str, Any] = {}
+    if len(pairs) > MAX_ITEMS:
+        for pair in pairs[MAX_ITEMS:]:
+            if pair.key in wanted and pair.key not in past:
+                past[pair.key] = any_value(pair.value, notes)
+    return stored, past
+
+
 def any_value(value: AnyValue, notes: Notes, depth: int = 0) -> Any:
     kind = value.WhichOneof("value")
     if kind == "string_value":
@@ -128,18 +154,18 @@ def any_value(value: AnyValue, notes: Notes, depth: int = 0) -> Any:
         number = value.double_value
         if math.isfinite(number):
             return number
-        notes.counts["non_finite"] += 1  # JSON (and so jsonb) has no NaN or Infinity
+        notes.note("non_finite")  # JSON (and so jsonb) has no NaN or Infinity
         return str(number)
     if kind == "bytes_value":
         return clean_text(base64.b64encode(value.bytes_value).decode("ascii"), notes)
     if kind is None:
         return None
     if depth >= MAX_DEPTH:
-        notes.counts["depth"] += 1
+        notes.note("depth", MAX_DEPTH)
         return TOO_DEEP
     if kind == "array_value":
         items = value.array_value.values
         if len(items) > MAX_ITEMS:
-            notes.counts["items"] += 1
+            notes.note("items", MAX_ITEMS)
         return [any_value(item, notes, depth + 1) for item in items[:MAX_ITEMS]]
     return attributes_dict(value.kvlist_value.values, notes, depth + 1)

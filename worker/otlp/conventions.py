@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 # Attribute names read into columns, first match wins: the OpenTelemetry GenAI semantic
@@ -28,12 +29,26 @@ OUTPUT_TOKENS = (
     "llm.token_count.completion",
     "llm.usage.completion_tokens",
 )
-TIME_TO_FIRST_TOKEN_S = ("gen_ai.server.time_to_first_token",)
+# Seconds from the request to the first streamed chunk. gen_ai.server.time_to_first_token is
+# a server-side metric in current GenAI conventions; earlier instrumentations set it on spans.
+TIME_TO_FIRST_TOKEN_S = ("gen_ai.response.time_to_first_chunk", "gen_ai.server.time_to_first_token")
 DATA_SOURCE = ("gen_ai.data_source.id",)
 USER = ("user.id", "enduser.id")
 SESSION = ("session.id", "gen_ai.conversation.id", "conversation.id")
 ERROR_TYPE = ("error.type",)
 SPAN_KIND = ("openinference.span.kind", "traceloop.span.kind")
+# Span events recorded for each streamed chunk (by OpenLLMetry, under its current and earlier
+# name; the GenAI conventions define no such event yet). Without a usable attribute above, the
+# first of them after the span start gives the time to first token.
+STREAM_CHUNK_EVENTS = frozenset({"gen_ai.content.completion.chunk", "llm.content.completion.chunk"})
+EXCEPTION_TYPE = "exception.type"
+EXCEPTION_MESSAGE = "exception.message"
+
+# Every name read into a column from a span's attributes.
+SPAN_KEYS = frozenset(
+    OPERATION + PROVIDER + MODEL + INPUT_TOKENS + OUTPUT_TOKENS + TIME_TO_FIRST_TOKEN_S
+    + DATA_SOURCE + USER + SESSION + ERROR_TYPE + SPAN_KIND
+)  # fmt: skip
 
 # gen_ai.operation.name (and llm.request.type) values -> spans.span_type.
 OPERATION_TYPES = {
@@ -97,6 +112,15 @@ def seconds_to_ms(value: Any) -> int | None:
         return None
     ms = value * 1000
     return round(ms) if 0 <= ms <= INT4_MAX else None
+
+
+def first_chunk_ms(start_ns: int, chunk_times_ns: Iterable[int]) -> int | None:
+    """Milliseconds from the span start to its first chunk event; events before it are ignored."""
+    first = min((t for t in chunk_times_ns if t >= start_ns), default=None)
+    if first is None:
+        return None
+    ms = (first - start_ns + 500_000) // 1_000_000
+    return ms if ms <= INT4_MAX else None
 
 
 def id_to_uuid(value: Any, namespace: uuid.UUID) -> tuple[uuid.UUID, bool] | None:

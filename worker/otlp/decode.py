@@ -2,19 +2,28 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from worker.otlp.salvage import (
+    MAX_JSON_DEPTH,
+    holds,
+    lenient_class,
+    repair_resource,
+    repair_scope,
+    repair_span,
+    replace_deep,
+    scrub_resource,
+    scrub_scope,
+    scrub_span,
+)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -54,7 +63,7 @@ def decode_protobuf(body: bytes) -> Decoded:
     # fails the strict parse of the whole request. A lenient twin of the schema, whose strings
     # and attribute values are opaque bytes, splits the request into its spans, and each is then
     # decoded on its own, so only the bad ones are lost.
-    lenient = _lenient_class("opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest")()
+    lenient = lenient_class("opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest")()
     try:
         lenient.ParseFromString(body)
     except DecodeError as exc:
@@ -63,12 +72,14 @@ def decode_protobuf(body: bytes) -> Decoded:
     for r, loose in enumerate(lenient.resource_spans):
         target = decoded.request.resource_spans.add(schema_url=_utf8(loose.schema_url))
         resource_error = (
-            _reparse(loose.resource, target.resource) if loose.HasField("resource") else None
+            _reparse(loose.resource, target.resource, repair_resource)
+            if loose.HasField("resource")
+            else None
         )
         for s, loose_scope in enumerate(loose.scope_spans):
             scope_target = target.scope_spans.add(schema_url=_utf8(loose_scope.schema_url))
             scope_error = (
-                _reparse(loose_scope.scope, scope_target.scope)
+                _reparse(loose_scope.scope, scope_target.scope, repair_scope)
                 if loose_scope.HasField("scope")
                 else None
             )
@@ -79,7 +90,7 @@ def decode_protobuf(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = _reparse(loose_span, span)
+                error = _reparse(loose_span, span, repair_span)
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
@@ -87,7 +98,15 @@ def decode_protobuf(body: bytes) -> Decoded:
     return decoded
 
 
-def _reparse(loose: Message, strict: Message) -> str | None:
+def _reparse(loose: Message, strict: Message, repair: Callable[[Any], bool]) -> str | None:
+    error = _parse_strict(loose, strict)
+    # Bytes that are not UTF-8 in fields that are not stored are replaced, then tried again.
+    if error and repair(loose):
+        error = _parse_strict(loose, strict)
+    return error
+
+
+def _parse_strict(loose: Message, strict: Message) -> str | None:
     try:
         strict.ParseFromString(loose.SerializeToString())
     except DecodeError as exc:
@@ -104,53 +123,31 @@ def _utf8(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-_SOURCES = (common_pb2, resource_pb2, trace_pb2, trace_service_pb2)
-
-
-@cache
-def _lenient_pool() -> descriptor_pool.DescriptorPool:
-    pool = descriptor_pool.DescriptorPool()
-    string = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
-    as_bytes = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-    for module in _SOURCES:
-        proto = descriptor_pb2.FileDescriptorProto()
-        module.DESCRIPTOR.CopyToProto(proto)
-        for message in _all_messages(proto.message_type):
-            for f in message.field:
-                if f.type == string or (message.name == "KeyValue" and f.name == "value"):
-                    f.type = as_bytes
-                    f.ClearField("type_name")
-        pool.Add(proto)
-    return pool
-
-
-def _all_messages(
-    messages: Iterable[descriptor_pb2.DescriptorProto],
-) -> Iterator[descriptor_pb2.DescriptorProto]:
-    for message in messages:
-        yield message
-        yield from _all_messages(message.nested_type)
-
-
-@cache
-def _lenient_class(full_name: str) -> type[Message]:
-    return message_factory.GetMessageClass(_lenient_pool().FindMessageTypeByName(full_name))
-
-
 # --- JSON ---------------------------------------------------------------------------------------
 
 # OTLP/JSON differs from the canonical protobuf JSON mapping in its ids: hex, not base64.
 _ID_FIELDS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
+TOO_DEEP = f"cannot be decoded: nested deeper than {MAX_JSON_DEPTH} levels"
 
 
 def decode_json(body: bytes) -> Decoded:
     if not body.strip():
         return Decoded(ExportTraceServiceRequest())
+    # surrogateescape keeps a stray non-UTF-8 byte from failing the whole request. A lone
+    # surrogate cannot become a protobuf string: in a stored field, the span holding it fails
+    # alone below; elsewhere it is replaced by U+FFFD.
+    text = body.decode("utf-8", "surrogateescape")
+    marker = None
     try:
-        # surrogateescape keeps a stray non-UTF-8 byte from failing the whole request; the span
-        # holding it fails alone below, as a lone surrogate cannot become a protobuf string.
-        document = json.loads(body.decode("utf-8", "surrogateescape"))
-    except (ValueError, RecursionError) as exc:
+        document = json.loads(text)
+    except RecursionError:
+        # A NUL and a random part: no value sent can be mistaken for it.
+        marker = f"\x00too deep {uuid.uuid4().hex}"
+        try:
+            document = json.loads(replace_deep(text, json.dumps(marker)))
+        except (ValueError, RecursionError) as exc:
+            raise MalformedPayload(f"not valid JSON: {_short(exc)}") from None
+    except ValueError as exc:
         raise MalformedPayload(f"not valid JSON: {_short(exc)}") from None
     if not isinstance(document, dict):
         raise MalformedPayload("an OTLP/JSON request must be a JSON object")
@@ -158,12 +155,16 @@ def decode_json(body: bytes) -> Decoded:
     for r, resource_spans in enumerate(_list(document, "resourceSpans", "resource_spans")):
         _require_object(resource_spans, f"resourceSpans[{r}]")
         target = decoded.request.resource_spans.add()
-        resource_error = _parse_part(resource_spans, ("resource",), target.resource)
-        _parse_part(resource_spans, ("schemaUrl", "schema_url"), target, field="schema_url")
+        resource_error = _parse_part(
+            resource_spans, ("resource",), target.resource, marker, scrub=scrub_resource
+        )
+        _parse_part(resource_spans, ("schemaUrl", "schema_url"), target, marker, "schema_url")
         for s, scope_spans in enumerate(_list(resource_spans, "scopeSpans", "scope_spans")):
             _require_object(scope_spans, f"resourceSpans[{r}].scopeSpans[{s}]")
             scope_target = target.scope_spans.add()
-            scope_error = _parse_part(scope_spans, ("scope",), scope_target.scope)
+            scope_error = _parse_part(
+                scope_spans, ("scope",), scope_target.scope, marker, scrub=scrub_scope
+            )
             for i, raw_span in enumerate(_list(scope_spans, "spans")):
                 where = f"resource {r}, scope {s}, span {i}"
                 if resource_error or scope_error:
@@ -171,7 +172,7 @@ def decode_json(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = _parse_span(raw_span, span)
+                error = TOO_DEEP if holds(raw_span, marker) else _parse_span(raw_span, span)
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
@@ -196,27 +197,36 @@ def _list(container: Any, *names: str) -> list[Any]:
 
 
 def _parse_part(
-    container: dict[str, Any], names: tuple[str, ...], target: Message, field: str | None = None
+    container: dict[str, Any],
+    names: tuple[str, ...],
+    target: Message,
+    marker: str | None = None,
+    field: str | None = None,
+    scrub: Callable[[dict[str, Any]], bool] | None = None,
 ) -> str | None:
     value = next((container[n] for n in names if n in container), None)
     if value is None:
         return None
-    if field is None and not isinstance(value, dict):
+    if holds(value, marker):
+        return TOO_DEEP
+    if field is not None:
+        return _parse_dict({field: value}, target)
+    if not isinstance(value, dict):
         return f"cannot be decoded: must be a JSON object, got {type(value).__name__}"
-    try:
-        if field is not None:
-            json_format.ParseDict({field: value}, target, ignore_unknown_fields=True)
-        else:
-            json_format.ParseDict(value, target, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
-        return f"cannot be decoded: {_short(exc)}"
-    return None
+    error = _parse_dict(value, target)
+    if error and scrub is not None:
+        value = dict(value)
+        if _scrubbed(scrub, value):
+            target.Clear()
+            error = _parse_dict(value, target)
+    return error
 
 
 def _parse_span(raw: Any, span: Span) -> str | None:
     if not isinstance(raw, dict):
         return "a span must be a JSON object"
     raw = dict(raw)
+    ids: dict[str, bytes] = {}
     for name, size in _ID_FIELDS.items():
         snake = _SNAKE[name]
         key = name if name in raw else snake if snake in raw else None
@@ -226,15 +236,36 @@ def _parse_span(raw: Any, span: Span) -> str | None:
         if hex_id in (None, ""):
             continue
         try:
-            setattr(span, snake, _hex_id(hex_id, size))
+            ids[snake] = _hex_id(hex_id, size)
         except ValueError as exc:
             return f"{name} {exc}"
     raw.pop("links", None)  # links carry hex ids too and are not stored
+    error = _parse_dict(raw, span)
+    if error and _scrubbed(scrub_span, raw):
+        span.Clear()
+        error = _parse_dict(raw, span)
+    if error:
+        return error
+    for snake, value in ids.items():
+        setattr(span, snake, value)
+    return None
+
+
+def _parse_dict(value: dict[str, Any], target: Message) -> str | None:
     try:
-        json_format.ParseDict(raw, span, ignore_unknown_fields=True)
+        json_format.ParseDict(value, target, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         return f"cannot be decoded: {_short(exc)}"
     return None
+
+
+def _scrubbed(scrub: Callable[[dict[str, Any]], bool], raw: dict[str, Any]) -> bool:
+    """Whether scrub replaced lone surrogates (bytes that were not UTF-8) in fields that are
+    not stored, so that parsing again may succeed."""
+    try:
+        return scrub(raw)
+    except RecursionError:
+        return False
 
 
 _SNAKE = {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id"}

@@ -10,7 +10,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from worker.ingest import DEFAULT_LIMITS as LIMITS
 from worker.otlp import conventions as c
-from worker.otlp.attributes import Notes, attributes_dict, clean_text, fit
+from worker.otlp.attributes import (
+    Notes,
+    any_value,
+    attributes_dict,
+    clean_text,
+    fit,
+    split_attributes,
+)
 from worker.otlp.decode import Decoded
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -122,13 +129,15 @@ def map_span(
         raise SpanRejected("the span name is empty")
     started_at = _time(start)
     ended_at = _time(end) if end else None
-    duration = (end - start) // 1_000_000 if end else None
-    duration_ms = duration if duration is not None and duration <= c.INT4_MAX else None
+    duration_ms = (end - start) // 1_000_000 if end else None
+    if duration_ms is not None and duration_ms > c.INT4_MAX:
+        # The column is int4: about 24.8 days. ended_at keeps the end, and the writer warns.
+        duration_ms = None
 
     before = notes.chars
-    attrs = attributes_dict(span.attributes, notes)
+    attrs, past_limit = split_attributes(span.attributes, notes, c.SPAN_KEYS)
     chars = notes.chars - before
-    taken = _Taker(attrs, notes)
+    taken = _Taker(attrs, notes, past_limit)
     operation = taken.text(c.OPERATION)
     kind = taken.text(c.SPAN_KIND)
     model = taken.indexed(c.MODEL)
@@ -152,7 +161,7 @@ def map_span(
         "model": model,
         "input_tokens": taken.value(c.INPUT_TOKENS, c.count_value),
         "output_tokens": taken.value(c.OUTPUT_TOKENS, c.count_value),
-        "time_to_first_token_ms": taken.value(c.TIME_TO_FIRST_TOKEN_S, c.seconds_to_ms),
+        "time_to_first_token_ms": _time_to_first_token(span, taken),
         "cost_usd": None,
         "kb_id": kb,
         "documents_retrieved": None,
@@ -169,7 +178,7 @@ def map_span(
         return row, None
 
     trace_attrs = dict(attrs)
-    trace_taken = _Taker(trace_attrs, notes, fallback=origin.resource)
+    trace_taken = _Taker(trace_attrs, notes, past_limit, fallback=origin.resource)
     trace = {
         "trace_id": trace_id,
         "started_at": started_at,
@@ -196,6 +205,15 @@ def map_span(
     return row, trace
 
 
+def _time_to_first_token(span: Span, taken: _Taker) -> int | None:
+    """From the attribute when one is usable, else from the first stream chunk event."""
+    ms = taken.value(c.TIME_TO_FIRST_TOKEN_S, c.seconds_to_ms)
+    if ms is not None or not span.events:
+        return ms
+    chunks = (e.time_unix_nano for e in span.events if e.name in c.STREAM_CHUNK_EVENTS)
+    return c.first_chunk_ms(span.start_time_unix_nano, chunks)
+
+
 def _status(span: Span, taken: _Taker, notes: Notes) -> tuple[str, str | None, str | None]:
     error_type = taken.text(c.ERROR_TYPE)
     if span.status.code != Status.STATUS_CODE_ERROR:
@@ -204,11 +222,16 @@ def _status(span: Span, taken: _Taker, notes: Notes) -> tuple[str, str | None, s
     for event in span.events:
         if event.name != "exception":
             continue
-        details = attributes_dict(event.attributes, notes)
+        # Only these two are read, wherever they are in the list: no attribute limit applies.
+        details = {
+            pair.key: any_value(pair.value, notes)
+            for pair in event.attributes
+            if pair.key in (c.EXCEPTION_TYPE, c.EXCEPTION_MESSAGE)
+        }
         if error_type is None:
-            error_type = taken.short(c.text_value(details.get("exception.type")))
+            error_type = taken.short(c.text_value(details.get(c.EXCEPTION_TYPE)))
         if message is None:
-            message = c.text_value(details.get("exception.message"))
+            message = c.text_value(details.get(c.EXCEPTION_MESSAGE))
         break
     return "error", error_type, message
 
@@ -217,25 +240,31 @@ class _Taker:
     """Reads an attribute into a column and removes it from the attributes it came from.
 
     A value that does not fit its column (a token count that is not a number, say) stays in
-    the attributes. With a fallback (the resource), a value found only there is copied, not
-    removed.
+    the attributes. past_limit holds the mapped names found after the attribute limit: read
+    like the others, never stored. With a fallback (the resource), a value found only there
+    is copied, not removed.
     """
 
     def __init__(
-        self, attrs: dict[str, Any], notes: Notes, fallback: dict[str, Any] | None = None
+        self,
+        attrs: dict[str, Any],
+        notes: Notes,
+        past_limit: dict[str, Any] | None = None,
+        fallback: dict[str, Any] | None = None,
     ) -> None:
         self.attrs = attrs
         self.notes = notes
+        self.sources = (attrs, past_limit) if past_limit else (attrs,)
         self.fallback = fallback or {}
 
     def value(self, names: tuple[str, ...], convert: Any) -> Any:
-        attrs = self.attrs
         for name in names:
-            if name in attrs:
-                converted = convert(attrs[name])
-                if converted is not None:
-                    del attrs[name]
-                    return converted
+            for source in self.sources:
+                if name in source:
+                    converted = convert(source[name])
+                    if converted is not None:
+                        del source[name]
+                        return converted
         for name in names:
             if name in self.fallback:
                 converted = convert(self.fallback[name])
@@ -258,21 +287,22 @@ class _Taker:
         limit = LIMITS.max_indexed_text_bytes
         if value is None or len(value) <= limit // 4 or len(value.encode()) <= limit:
             return value
-        self.notes.counts["indexed"] += 1
+        self.notes.note("indexed", limit)
         return value.encode()[:limit].decode("utf-8", "ignore")
 
     def uuid(self, names: tuple[str, ...], namespace: Any) -> Any:
         # A UUID is moved into the column; any other id becomes a uuid5 of its text, and the
         # original stays in the attributes so that it can still be read.
-        for source in (self.attrs, self.fallback):
+        for sources in (self.sources, (self.fallback,)):
             for name in names:
-                if name not in source:
-                    continue
-                converted = c.id_to_uuid(source[name], namespace)
-                if converted is None:
-                    continue
-                value, was_uuid = converted
-                if was_uuid and source is self.attrs:
-                    del self.attrs[name]
-                return value
+                for source in sources:
+                    if name not in source:
+                        continue
+                    converted = c.id_to_uuid(source[name], namespace)
+                    if converted is None:
+                        continue
+                    value, was_uuid = converted
+                    if was_uuid and source is not self.fallback:
+                        del source[name]
+                    return value
         return None
