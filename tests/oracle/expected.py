@@ -45,6 +45,9 @@ SPAN_TYPES = {
     "execute_tool": "tool",
     "invoke_agent": "agent",
 }
+# Span events that mark a streamed chunk: without a time-to-first-token attribute, the first
+# one after the start gives it.
+CHUNK_EVENTS = ("gen_ai.content.completion.chunk", "llm.content.completion.chunk")
 # Provider names -> the provider of model_prices rows (lowercased ASCII, then aliases).
 PROVIDER_ALIASES = {
     "azure.ai.openai": "openai",
@@ -208,6 +211,14 @@ def otlp_row(span: OtlpSpan, prices: list[Price], seq: int) -> SpanRow:
     tokens_in = a.get("gen_ai.usage.input_tokens")
     tokens_out = a.get("gen_ai.usage.output_tokens")
     ttft = a.get("gen_ai.response.time_to_first_chunk", a.get("gen_ai.server.time_to_first_token"))
+    ttft_ms = round(ttft * 1000) if ttft is not None else None
+    chunks = [
+        e.time_ns for e in span.events if e.name in CHUNK_EVENTS and e.time_ns >= span.start_ns
+    ]
+    if ttft_ms is None and chunks:
+        # the generator puts a stream's first chunk a whole number of milliseconds after the start
+        ttft_ms, rest = divmod(min(chunks) - span.start_ns, 1_000_000)
+        assert rest == 0, "chunk event off the millisecond grid"
     started = ns_to_datetime(span.start_ns)
     ended = ns_to_datetime(span.end_ns) if span.end_ns else None
     duration = None
@@ -239,7 +250,7 @@ def otlp_row(span: OtlpSpan, prices: list[Price], seq: int) -> SpanRow:
         model=model,
         input_tokens=tokens_in,
         output_tokens=tokens_out,
-        time_to_first_token_ms=round(ttft * 1000) if ttft is not None else None,
+        time_to_first_token_ms=ttft_ms,
         cost_usd=price_cost(prices, model, provider, started, tokens_in, tokens_out),
         kb_id=uuid.UUID(kb) if kb else None,
         name=span.name,

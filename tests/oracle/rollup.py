@@ -14,6 +14,7 @@ from tests.oracle.expected import Expected
 # weeks start on Monday 00:00 UTC.
 
 GRANULARITIES = ("hour", "day", "week")
+WIDTHS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 _MONDAY = datetime(2000, 1, 3, tzinfo=UTC)
 # Metrics whose percentiles come from a sketch; the others have NULL p50/p95/p99.
 SKETCHED = {

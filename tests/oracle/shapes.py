@@ -6,8 +6,9 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from tests.oracle.model import BULK, INT4_MAX, JSON, PATHS, SDK, OtlpSpan
+from tests.oracle.model import BULK, INT4_MAX, JSON, PATHS, SDK, OtlpEvent, OtlpSpan
 from tests.oracle.spans import (
+    CHUNK_EVENTS,
     EMBEDDING_MODELS,
     KNOWN_MODELS,
     MS,
@@ -62,9 +63,18 @@ def _llm(
     stream = rng.random() < 0.4 if stream is None else stream
     duration = duration_ns or rng.randrange(150, 15_000) * MS + rng.randrange(1000)
     end = start + duration
-    ttft = min(rng.randrange(80, 3000), duration // MS) if stream else None
-    attributes = llm_attributes(rng, model, provider, tokens, ttft)
-    events = chunk_events(start, ttft, end, rng.randrange(1, 5)) if ttft is not None else ()
+    ttft = min(rng.randrange(80, 3000), duration // MS - 10) if stream else None
+    events: tuple[OtlpEvent, ...] = ()
+    if ttft is not None and rng.random() < 0.4:
+        # time to first token only from the chunk events (as OpenLLMetry records streams)
+        name = rng.choice(CHUNK_EVENTS)
+        events = chunk_events(start, ttft, end, rng.randrange(1, 5), name)
+        attributes = llm_attributes(rng, model, provider, tokens, None)
+        attributes["gen_ai.request.stream"] = True
+    else:
+        attributes = llm_attributes(rng, model, provider, tokens, ttft)
+        if ttft is not None:  # chunk events too, a little later: the attribute wins
+            events = chunk_events(start, ttft + 7, end, rng.randrange(1, 5))
     status, message = "unset", None
     if error == "status":
         status, message = "error", rng.choice(("rate limited", "context length exceeded"))

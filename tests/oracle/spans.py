@@ -41,6 +41,9 @@ PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.provider.name", "gen_ai.system"
 # Time to first token in seconds, under the current and the older attribute name (the same value
 # under both, so whichever the endpoint reads gives the same column).
 TTFT_KEYS = ("gen_ai.response.time_to_first_chunk", "gen_ai.server.time_to_first_token")
+# Stream chunks recorded as span events (OpenLLMetry's current and earlier names).
+CHUNK_EVENT = "gen_ai.content.completion.chunk"
+CHUNK_EVENTS = (CHUNK_EVENT, "llm.content.completion.chunk")
 
 
 @dataclass
@@ -171,14 +174,14 @@ def exception_event(time_ns: int, kind: str, message: str) -> OtlpEvent:
 
 
 def chunk_events(
-    start_ns: int, ttft_ms: int, end_ns: int | None, count: int
+    start_ns: int, first_ms: int, end_ns: int | None, count: int, name: str = CHUNK_EVENT
 ) -> tuple[OtlpEvent, ...]:
-    first = start_ns + ttft_ms * MS
+    """A stream's chunks as span events, the first exactly first_ms after the start."""
+    first = start_ns + first_ms * MS
     last = end_ns if end_ns is not None else first + count * 40 * MS
     step = max(1, (last - first) // max(1, count))
     return tuple(
-        OtlpEvent("gen_ai.choice.chunk", first + i * step, {"gen_ai.choice.index": 0})
-        for i in range(count)
+        OtlpEvent(name, first + i * step, {"gen_ai.choice.index": 0}) for i in range(count)
     )
 
 
@@ -210,7 +213,10 @@ def bulk_span(
     model = a.get("gen_ai.request.model")
     span_type = _SPAN_TYPES.get(operation or "", "llm" if model else "other")
     provider = a.get("gen_ai.provider.name", a.get("gen_ai.system"))
-    ttft = a.get(TTFT_KEYS[0])
+    ttft_ms = round(a[TTFT_KEYS[0]] * 1000) if TTFT_KEYS[0] in a else None
+    chunks = [e.time_ns for e in span.events if e.name in CHUNK_EVENTS]
+    if ttft_ms is None and chunks:
+        ttft_ms = (min(chunks) - span.start_ns) // MS
     item: dict[str, Any] = {
         "trace_id": span.trace_id,
         "span_id": span.span_id,
@@ -225,7 +231,7 @@ def bulk_span(
         "model": model,
         "input_tokens": a.get("gen_ai.usage.input_tokens"),
         "output_tokens": a.get("gen_ai.usage.output_tokens"),
-        "time_to_first_token_ms": round(ttft * 1000) if ttft is not None else None,
+        "time_to_first_token_ms": ttft_ms,
         "kb_id": a.get("gen_ai.data_source.id"),
         "error_type": _error(span)[0],
         "error_message": _error(span)[1],
