@@ -186,6 +186,10 @@ def chunk_events(
 
 
 def moved(span: OtlpSpan, **changes: Any) -> OtlpSpan:
+    """Another version of the span; a new start moves its events along with it."""
+    shift = changes.get("start_ns", span.start_ns) - span.start_ns
+    if shift and "events" not in changes:
+        changes["events"] = tuple(replace(e, time_ns=e.time_ns + shift) for e in span.events)
     return replace(span, **changes)
 
 
