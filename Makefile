@@ -16,7 +16,7 @@ NODE_STAMP := engine/node_modules/.setup-stamp
 SYSTEM_TOOLS := prometheus promtool docker-compose psql
 SYSTEM_PACKAGES := prometheus docker-compose postgresql-client
 
-.PHONY: setup system-tools test lint format demo bench clean distclean
+.PHONY: setup system-tools test fuzz lint format demo bench clean distclean
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
@@ -47,6 +47,19 @@ system-tools:
 
 test: setup system-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The oracle (tests/oracle/) with random seeds until FUZZ_SECONDS have passed, each case on a
+# clean database. The seed is printed first; `make fuzz FUZZ_SEED=...` replays it.
+FUZZ_SECONDS ?= 1800
+FUZZ_SEED ?=
+
+fuzz: setup
+	@seed="$(FUZZ_SEED)"; \
+	if [ -z "$$seed" ]; then seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); fi; \
+	echo "FUZZ_SEED=$$seed (replay: make fuzz FUZZ_SEED=$$seed)"; \
+	ORACLE_FUZZ=1 FUZZ_SEED=$$seed FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  $(BIN)/pytest tests/integration/test_oracle.py -k fuzz -s -p no:cacheprovider \
+	  -o timeout=0 $(PYTEST_ARGS)
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
