@@ -263,13 +263,16 @@ def otlp_row(span: OtlpSpan, prices: list[Price], seq: int) -> SpanRow:
     )
 
 
-def otlp_trace(trace_id: str, spans: Iterable[SpanRow]) -> TraceRow | None:
+def otlp_trace(
+    trace_id: str, spans: Iterable[SpanRow], namer: SpanRow | None = None
+) -> TraceRow | None:
+    """The trace row of an OTLP trace. namer: the root whose report names the trace (see
+    Oracle._name); by default the earliest root, the later delivery between equal starts."""
     spans = list(spans)
     roots = [s for s in spans if s.parent_span_id is None]
     if not roots:
         return None
-    # the earliest root names the trace; between equal starts the later delivery wins
-    first = min(roots, key=lambda s: (s.started_at, -s.seq))
+    first = namer or min(roots, key=lambda s: (s.started_at, -s.seq))
     started = min(s.started_at for s in roots)
     ends = [s.ended_at for s in roots if s.ended_at is not None]
     ended = max(ends) if ends else None
@@ -393,6 +396,7 @@ class Oracle:
         self.documents: dict[tuple[uuid.UUID, datetime], DocumentRow] = {}
         self.refusals = Refusals()
         self.seq = 0
+        self.namers: dict[str, SpanRow] = {}
 
     def apply(self, export: Export) -> None:
         """One delivery, as the store must take it."""
@@ -404,6 +408,7 @@ class Oracle:
 
     def _otlp(self, export: OtlpExport) -> None:
         refused = 0
+        reports: list[SpanRow] = []
         for span in export.spans:
             if not self.policy.accepts(ns_to_datetime(span.start_ns)):
                 refused += 1
@@ -413,6 +418,9 @@ class Oracle:
             self.spans[(span.trace_id, span.span_id)] = row
             self.by_trace.setdefault(span.trace_id, {})[span.span_id] = row
             self.otlp_traces.add(span.trace_id)
+            if row.parent_span_id is None:
+                reports.append(row)
+        self._name(reports)
         if export.path == JSON:
             self.refusals.json_counts[id(export)] = refused
             self.refusals.json_warnings[id(export)] = {
@@ -420,6 +428,24 @@ class Oracle:
                 for trace_id in {s.trace_id for s in export.spans}
                 if self._past_range(trace_id)
             }
+
+    def _name(self, reports: list[SpanRow]) -> None:
+        """Which root's report names each trace, as the store decides (worker/ingest/traces.py
+        from_roots): the earliest report of this request (the later one between equal starts)
+        names the trace when it starts no later than every stored root; otherwise the trace
+        keeps the name it had. So when the earliest root is re-sent with a later start, the
+        trace keeps that root's earlier report until the new earliest root is sent again (a
+        documented limit)."""
+        earliest: dict[str, SpanRow] = {}
+        for row in reports:
+            seen = earliest.get(row.trace_id)
+            if seen is None or row.started_at <= seen.started_at:
+                earliest[row.trace_id] = row
+        for trace_id, row in earliest.items():
+            roots = [s for s in self.by_trace[trace_id].values() if s.parent_span_id is None]
+            first = min(s.started_at for s in roots)
+            if trace_id not in self.namers or row.started_at <= first:
+                self.namers[trace_id] = row
 
     def _past_range(self, trace_id: str) -> bool:
         spans = list(self.by_trace.get(trace_id, {}).values())
@@ -465,7 +491,7 @@ class Oracle:
             by_trace.setdefault(row.trace_id, []).append(row)
         traces = dict(self.bulk_traces)
         for trace_id in self.otlp_traces:
-            trace = otlp_trace(trace_id, by_trace.get(trace_id, []))
+            trace = otlp_trace(trace_id, by_trace.get(trace_id, []), self.namers.get(trace_id))
             if trace is not None:
                 traces[trace_id] = trace
         return Expected(traces, dict(self.spans), dict(self.documents))

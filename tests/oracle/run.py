@@ -6,7 +6,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from tests.oracle import observed
-from tests.oracle.compare import Diff, compare_metrics, compare_rows, report
+from tests.oracle.compare import (
+    FLOAT_SUM_TOLERANCE,
+    Diff,
+    compare_metrics,
+    compare_rows,
+    report,
+)
 from tests.oracle.expected import (
     DocumentRow,
     Expected,
@@ -179,7 +185,11 @@ def check(
         diffs += [
             replace(d, key=f"{d.key} ({zone})", explained=d.ref in tainted)
             for d in compare_metrics(
-                "metrics_by_local_day", local, found, sketch_bound=exact_sketch
+                "metrics_by_local_day",
+                local,
+                found,
+                sketch_bound=exact_sketch,
+                sum_tolerance=FLOAT_SUM_TOLERANCE,
             )
         ]
     return [replace(d, key=f"{d.key} (phase {phase})") for d in diffs]
