@@ -322,3 +322,17 @@ def test_pruning_forgets_ranges_that_retention_overtook(clean_observability: str
         ).fetchone()
     assert kept == [(TRACE,)]
     assert job == (1,)
+
+
+def test_a_price_past_the_cost_column_is_null_with_a_warning(clean_observability: str) -> None:
+    # 1e9 input and 1e9 output tokens of gpt-4o: 2,500 + 10,000 USD, past numeric(10, 6).
+    span = {"trace_id": TRACE, "span_id": CHILD, "name": "s", "span_type": "llm",
+            "model": "gpt-4o", "provider": "openai", "input_tokens": 10**9,
+            "output_tokens": 10**9, "started_at": at(START)}  # fmt: skip
+    with psycopg.connect(clean_observability, autocommit=True) as conn:
+        result = write_batch(conn, spans=[span])
+    assert result.warnings == [
+        f"span {TRACE}/{CHILD}: cost_usd stored as NULL: its price comes to 12500.000000 USD, "
+        "more than the column holds (9999.999999)"
+    ]
+    assert fetch(clean_observability, "select cost_usd from observability.spans") == [(None,)]

@@ -67,6 +67,7 @@ def canonical_provider(provider: str | None) -> str | None:
 
 _COLUMNS = {name: i for i, name in enumerate(SPAN.column_names)}
 _MODEL, _PROVIDER = _COLUMNS["model"], _COLUMNS["provider"]
+_TRACE, _SPAN = _COLUMNS["trace_id"], _COLUMNS["span_id"]
 _STARTED, _COST, _ATTRIBUTES = _COLUMNS["started_at"], _COLUMNS["cost_usd"], _COLUMNS["attributes"]
 _INPUT, _OUTPUT = _COLUMNS["input_tokens"], _COLUMNS["output_tokens"]
 
@@ -79,9 +80,12 @@ def _needs_price(row: tuple[Any, ...]) -> bool:
     )
 
 
-def price_spans(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def price_spans(
+    cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], warnings: list[str] | None = None
+) -> list[tuple[Any, ...]]:
     """Span rows (in SPAN column order) with cost_usd and the cost mark filled in where the
-    span had no cost, names a model with a price in effect at its start, and has tokens."""
+    span had no cost, names a model with a price in effect at its start, and has tokens. A
+    cost past the column's range stays NULL, with a warning in warnings."""
     models = {row[_MODEL] for row in rows if _needs_price(row)}
     if not models:
         return rows
@@ -95,8 +99,13 @@ def price_spans(cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> list[t
         candidates = prices.get(row[_MODEL]) if _needs_price(row) else None
         if candidates:
             cost = _cost(row, candidates)
-            if cost is not None:
+            if cost is not None and cost < COST_LIMIT:
                 row = _with_cost(row, cost)
+            elif cost is not None and warnings is not None:
+                warnings.append(
+                    f"span {row[_TRACE]}/{row[_SPAN]}: cost_usd stored as NULL: its price comes "
+                    f"to {cost} USD, more than the column holds ({COST_LIMIT - MICRO})"
+                )
         priced.append(row)
     return priced
 
@@ -109,8 +118,7 @@ def _cost(
         if effective_from <= started and (wanted is None or provider == wanted):
             total = (row[_INPUT] or 0) * inp + (row[_OUTPUT] or 0) * out
             # round() of PostgreSQL numeric: half away from zero.
-            cost = (total / MILLION).quantize(MICRO, rounding=ROUND_HALF_UP)
-            return cost if cost < COST_LIMIT else None
+            return (total / MILLION).quantize(MICRO, rounding=ROUND_HALF_UP)
     return None
 
 

@@ -157,7 +157,7 @@ def _write_all(
                 # Inside the caller's transaction the stage is only emptied at its commit.
                 cur.execute(statements.empty_stage)
             if kind is SPAN:
-                rows = price_spans(cur, rows)
+                rows = price_spans(cur, rows, result.warnings)
             elif kind is TRACE and write.traces_from_spans:
                 window = extents.window(horizon, trace_ids)
                 assert window is not None
