@@ -300,9 +300,20 @@ def concurrent_copies(g: Generator) -> None:
 
 
 def split_concurrent(g: Generator) -> None:
+    """The root and the children, split over up to three exports, all sent at the same time
+    (several exporters, or ingest processes, writing one trace at once)."""
     plan = g.plan("children_and_root_concurrently")
     root, kids = _trace(g, plan, g.start(), root={"operation": "invoke_agent"})
-    g.deliver(plan, 0, kids, [root])
+    groups = [kids[i::3] for i in range(3) if kids[i::3]]
+    g.deliver(plan, 0, *groups, [root])
+
+
+def twice_in_one_export(g: Generator) -> None:
+    """Two versions of a span in one export, the running one first: the last copy wins."""
+    plan = g.plan("two_versions_in_one_export")
+    root, kids = _trace(g, plan, g.start(), root={"operation": "invoke_agent"})
+    running = moved(kids[-1], end_ns=None)
+    g.deliver(plan, 0, [running, *kids, root])
 
 
 def end_updated(g: Generator) -> None:
@@ -515,6 +526,7 @@ GUARANTEED: tuple[tuple[Callable[[Generator], None], int], ...] = (
     (retried, 2),
     (concurrent_copies, 2),
     (split_concurrent, 2),
+    (twice_in_one_export, 1),
     (end_updated, 3),
     (child_restart, 3),
     (root_restart, 3),
