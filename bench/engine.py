@@ -31,7 +31,7 @@ from bench.common import (
     timed,
     watchdog,
 )
-from worker.engine import EmbeddedEngine
+from worker.embedded.engine import EmbeddedEngine
 
 INGEST_TABLE = "bench_engine_ingest"
 WARM_TABLE = "bench_engine_warm"

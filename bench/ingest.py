@@ -24,13 +24,13 @@ from bench.common import (
     watchdog,
 )
 from bench.ingest_workload import INSERT_SELECT_SQL, insert_select_params, make_genai_spans
-from worker.engine import EmbeddedEngine
+from worker.embedded.engine import EmbeddedEngine
 from worker.ingest import write_batch
 from worker.ingest.items import SPAN
 from worker.ingest.pricing import price_spans
 from worker.ingest.validation import DEFAULT_LIMITS
 from worker.ingest.writer import upsert_statements
-from worker.schema import install
+from worker.schema.install import install
 
 Connection = psycopg.Connection[Any]
 BATCH = 1000

@@ -30,9 +30,9 @@ from bench.common import (
     server_info,
 )
 from bench.ingest_workload import INSERT_SELECT_SQL, insert_select_params
-from worker.engine import EmbeddedEngine
-from worker.otlp.encode import make_request, make_span
-from worker.schema import install
+from tests.otlp_encode import make_request, make_span
+from worker.embedded.engine import EmbeddedEngine
+from worker.schema.install import install
 
 BATCH = 1_000
 GOAL = 0.25  # OTLP spans/s as a fraction of in-engine INSERT ... SELECT

@@ -32,10 +32,10 @@ from bench.rollups_workload import (
     rollup_definitions,
     without_sketches,
 )
-from worker.engine import EmbeddedEngine
-from worker.health import rollup_statuses
-from worker.schema import install
-from worker.sqltemplate import recorded_sketch
+from worker.embedded.engine import EmbeddedEngine
+from worker.monitoring.health import rollup_statuses
+from worker.schema.install import install
+from worker.schema.sqltemplate import recorded_sketch
 
 Connection = psycopg.Connection[Any]
 SOURCES = ("traces", "llm_spans")

@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from worker.sqlfiles import discover, split_statements
-from worker.sqltemplate import render
+from worker.schema.sqlfiles import discover, split_statements
+from worker.schema.sqltemplate import render
 
 FULL_TRACES = 500_000
 SPANS_PER_TRACE = 4

@@ -18,10 +18,10 @@ from bench.common import (
 )
 from bench.rollups import database, pause_jobs
 from bench.rollups_workload import FULL_TRACES, HISTORY, SPANS_PER_TRACE, Slice, generate
-from worker.aggregation import backfill_metrics
-from worker.aggregation.sync import sync_window
-from worker.aggregation.windows import Window, bucket_ceil
-from worker.schema import install
+from worker.rollups import backfill_metrics
+from worker.rollups.sync import sync_window
+from worker.rollups.windows import Window, bucket_ceil
+from worker.schema.install import install
 
 Connection = psycopg.Connection[Any]
 _settings = {"scale": 1.0}

@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from worker.migrate import COMPARE_OPTIONS, CONNECT_ARGS, VERSION_TABLE_SCHEMA, sqlalchemy_url
+from worker.schema.migrate import COMPARE_OPTIONS, CONNECT_ARGS, VERSION_TABLE_SCHEMA, sqlalchemy_url
 from worker.models import Base
 
 config = context.config

@@ -16,7 +16,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.celery_app import app
+from worker.scheduling.app import app
 
 # Tests use their own Redis database, emptied before each worker starts, so nothing queued by
 # an earlier run (or by a worker on this machine) is consumed here.
@@ -95,7 +95,7 @@ def start_worker(
     }
     log_path = tmp_path / f"celery-{port}.log"
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.scheduling.app", "worker",
         "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=INFO",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         f"--hostname=test-{port}@%h",

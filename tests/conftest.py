@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.database import TIMESCALE_IMAGE, Database, open_database, select_backend
-from worker.engine import default_engine_dir
+from worker.embedded.engine import default_engine_dir
 
 _BACKEND = pytest.StashKey[str]()
 _ENGINE_LOG = pytest.StashKey[Path]()

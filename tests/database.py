@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from worker.engine import EmbeddedEngine
+from worker.embedded.engine import EmbeddedEngine
 
 TIMESCALE_IMAGE = "timescale/timescaledb-ha:pg17"
 BACKEND_ENV = "OBS_TEST_BACKEND"

@@ -10,7 +10,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.rollup_support import wait_for
-from worker.metrics_server import serve_metrics
+from worker.monitoring.exporter import serve_metrics
 
 # A throwaway continuous aggregate with its own refresh policy, in the observability schema so
 # that health, status, the exporter and the dashboard view all report it like the real rollups.

@@ -4,9 +4,9 @@ from typing import Any
 
 import psycopg
 
-from worker.migrate import CONNECT_ARGS, libpq_url, migrate
 from worker.models import OBSERVABILITY_MODELS, SCHEMA
-from worker.schema import uninstall
+from worker.schema.install import uninstall
+from worker.schema.migrate import CONNECT_ARGS, libpq_url, migrate
 
 OBSERVABILITY_TABLES = tuple(f"{SCHEMA}.{model.__tablename__}" for model in OBSERVABILITY_MODELS)
 TRUNCATE_SQL = f"truncate {', '.join(OBSERVABILITY_TABLES)}"

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from tests.observability_db import empty_observability, truncate_observability
-from worker.migrate import CONNECT_ARGS, migrate, sqlalchemy_url
+from worker.schema.migrate import CONNECT_ARGS, migrate, sqlalchemy_url
 
 __all__ = [
     "clean_observability",

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from worker.migrate import CONNECT_ARGS
-from worker.sqltemplate import recorded_sketch
+from worker.schema.migrate import CONNECT_ARGS
+from worker.schema.sqltemplate import recorded_sketch
 
 RAW_TABLES = {
     "traces": ("observability.traces", "started_at"),

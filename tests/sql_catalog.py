@@ -6,8 +6,8 @@ from typing import Any
 
 import psycopg
 
-from worker.schema import SCHEMA
-from worker.sqlfiles import SqlLayout, discover
+from worker.schema.install import SCHEMA
+from worker.schema.sqlfiles import SqlLayout, discover
 
 _COMMENTS = re.compile(r"--[^\n]*")
 _CONSTRAINT = re.compile(r"\bconstraint\s+([a-z_][a-z0-9_]*)\s+(check|primary\s+key|unique)\b")

@@ -6,7 +6,7 @@ from typing import Any
 import psycopg
 from alembic import context, op
 
-from worker.schema import install, uninstall
+from worker.schema.install import install, uninstall
 
 # Baseline: the observability schema from sql/. Revisions stay thin: a later revision's
 # upgrade() also calls install(), which applies only the sql/incremental files a database has

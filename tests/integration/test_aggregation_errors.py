@@ -11,13 +11,13 @@ import pytest
 from tests.aggregation_support import aggregates, day_start, insert_traces, place
 from tests.celery_support import ROOT
 from tests.factories import create_traces_for_aggregation
-from worker.aggregation import (
+from worker.rollups import (
     InvalidWindow,
     RangeBeyondRetention,
     aggregate_observability_metrics,
     backfill_metrics,
 )
-from worker.aggregation.leases import acquire
+from worker.rollups.leases import acquire
 
 HOUR = timedelta(hours=1)
 

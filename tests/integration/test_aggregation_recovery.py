@@ -17,14 +17,14 @@ from prometheus_client import REGISTRY
 from tests.aggregation_support import aggregates, day_start, insert_traces, place
 from tests.celery_support import ROOT
 from tests.factories import create_traces_for_aggregation
-from worker.aggregation import (
+from worker.rollups import (
     LeaseBusy,
     RangeBeyondRetention,
     aggregate_observability_metrics,
     backfill_metrics,
 )
-from worker.aggregation import service as aggregation_service
-from worker.aggregation.leases import acquire
+from worker.rollups import service as aggregation_service
+from worker.rollups.leases import acquire
 
 HOUR = timedelta(hours=1)
 

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 
 from tests.integration.test_aggregation_errors import cli
-from worker.aggregation import InvalidWindow, aggregate_observability_metrics, backfill_metrics
-from worker.aggregation.service import WindowInFuture
+from worker.rollups import InvalidWindow, aggregate_observability_metrics, backfill_metrics
+from worker.rollups.service import WindowInFuture
 
 HOUR = timedelta(hours=1)
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.celery_support import ROOT, TEST_REDIS
-from worker.beat_lock import BEAT_LOCK_KEY
+from worker.scheduling.beat_lock import BEAT_LOCK_KEY
 
 LOCK_TTL = 3
 
@@ -38,7 +38,7 @@ def start_beat(tmp_path: Path, name: str, started: list[subprocess.Popen[bytes]]
     with log.open("wb") as out:
         started.append(
             subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+                [sys.executable, "-m", "celery", "-A", "worker.scheduling.app", "beat",
                  "--loglevel=INFO", f"--schedule={tmp_path / name}-schedule"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,

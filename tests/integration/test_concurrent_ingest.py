@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from worker.otlp.encode import make_request, make_span
+from tests.otlp_encode import make_request, make_span
 
 # Several ingest replicas behind a load balancer: the spans and roots of one trace reach
 # different processes at the same moment. On a real server each process writes in its own

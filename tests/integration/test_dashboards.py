@@ -31,8 +31,8 @@ from tests.rollup_support import (
     rollup_conn,
     rows_as_dicts,
 )
-from worker.engine import EmbeddedEngine
-from worker.migrate import libpq_url, migrate
+from worker.embedded.engine import EmbeddedEngine
+from worker.schema.migrate import libpq_url, migrate
 
 __all__ = ["rollup_conn"]
 

@@ -9,7 +9,7 @@ import matplotlib.image
 import psycopg
 
 from worker.demo.workload import MODELS, OPERATIONS
-from worker.engine import EmbeddedEngine
+from worker.embedded.engine import EmbeddedEngine
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[2]

@@ -178,7 +178,13 @@ def test_the_image_has_what_it_needs_at_run_time() -> None:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    needed = ["worker/cli.py", "sql/head.sql", "migrations/env.py", "alembic.ini", "pyproject.toml"]
+    needed = [
+        "worker/cli/main.py",
+        "sql/head.sql",
+        "migrations/env.py",
+        "alembic.ini",
+        "pyproject.toml",
+    ]
     for path in needed:
         assert (ROOT / path).exists(), path
         excluded = [p for p in patterns if fnmatch.fnmatch(path, p) or path.startswith(p + "/")]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import psycopg
 
-from worker.engine import EmbeddedEngine
+from worker.embedded.engine import EmbeddedEngine
 
 
 def test_data_dir_persists_across_restarts(tmp_path: Path) -> None:

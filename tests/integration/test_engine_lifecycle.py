@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from worker.engine import EmbeddedEngine, preflight
+from worker.embedded.engine import EmbeddedEngine, preflight
 
 # These tests start engines of their own: they are about the embedded engine's process.
 

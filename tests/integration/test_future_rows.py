@@ -9,8 +9,8 @@ import pytest
 
 from tests.health_probe import PROBE_ROLLUP, db_now, probe_rollup, sample, scrape
 from tests.rollup_support import Window, connect, insert_rows, refresh
-from worker.cli import main
-from worker.health import rollup_health
+from worker.cli.main import main
+from worker.monitoring.health import rollup_health
 
 HOUR = timedelta(hours=1)
 YEAR_2100 = datetime(2100, 1, 1, 12, 30, tzinfo=UTC)

@@ -19,8 +19,8 @@ from tests.health_probe import (
     scrape,
 )
 from tests.rollup_support import connect
-from worker.cli import main
-from worker.health import JobStatus, rollup_health
+from worker.cli.main import main
+from worker.monitoring.health import JobStatus, rollup_health
 
 PIPELINE_HEALTH = ROOT / "dashboards" / "pipeline-health.json"
 

@@ -17,9 +17,13 @@ from tests.factories import (
     create_traces_for_aggregation,
 )
 from tests.rollup_support import insert_rows, rows_as_dicts
-from worker.aggregation import aggregate_observability_metrics
-from worker.celery_app import BEAT_SCHEDULE, app
-from worker.tasks import aggregate_observability_metrics as aggregate_task
+from worker.rollups import aggregate_observability_metrics
+from worker.scheduling.app import BEAT_SCHEDULE, app
+from worker.scheduling.app import app as celery_app
+from worker.scheduling.tasks import AGGREGATE_TASK, BACKFILL_TASK
+
+aggregate_task = celery_app.tasks[AGGREGATE_TASK]
+backfill_task = celery_app.tasks[BACKFILL_TASK]
 
 HOUR = timedelta(hours=1)
 ROLLUPS = {

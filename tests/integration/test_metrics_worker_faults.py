@@ -13,10 +13,13 @@ from tests.aggregation_support import aggregates, day_start, insert_traces, plac
 from tests.celery_support import free_port, sample, start_worker
 from tests.factories import create_traces_for_aggregation
 from tests.rollup_support import rows_as_dicts, wait_for
-from worker.aggregation import LeaseBusy, backfill_metrics
-from worker.aggregation import service as aggregation_service
-from worker.tasks import aggregate_observability_metrics as aggregate_task
-from worker.tasks import backfill_observability_metrics as backfill_task
+from worker.rollups import LeaseBusy, backfill_metrics
+from worker.rollups import service as aggregation_service
+from worker.scheduling.app import app as celery_app
+from worker.scheduling.tasks import AGGREGATE_TASK, BACKFILL_TASK
+
+aggregate_task = celery_app.tasks[AGGREGATE_TASK]
+backfill_task = celery_app.tasks[BACKFILL_TASK]
 
 HOUR = timedelta(hours=1)
 # Short enough that a killed worker's lease and unacknowledged task come back within the test.

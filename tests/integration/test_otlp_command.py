@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from worker.otlp.encode import make_request, make_span
+from tests.otlp_encode import make_request, make_span
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 TOKEN = "command-line-token"

@@ -21,8 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode, Tracer
 from psycopg.rows import dict_row
 
+from tests.otlp_encode import make_request, make_span, otlp_json
 from worker.otlp import conventions
-from worker.otlp.encode import make_request, make_span, otlp_json
 from worker.otlp.server import Settings, serve_in_thread
 
 USER = "7d3c1a52-1b0e-4f9a-8a53-0e3f1f6c2b11"

@@ -15,13 +15,13 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from worker.engine import EmbeddedEngine
-from worker.migrate import migrate
+from tests.otlp_encode import make_request, make_span, otlp_json
+from worker.embedded.engine import EmbeddedEngine
 from worker.otlp.attributes import MAX_STRING_CHARS
-from worker.otlp.encode import make_request, make_span, otlp_json
 from worker.otlp.mapping import map_request
 from worker.otlp.server import Settings, serve_in_thread
 from worker.otlp.store import store
+from worker.schema.migrate import migrate
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 ROOT = "b7ad6b7169203331"

@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 import worker.ingest
 import worker.otlp.server
-from worker.otlp.encode import make_request, make_span
+from tests.otlp_encode import make_request, make_span
 from worker.otlp.mapping import map_request
 from worker.otlp.server import Settings, serve_in_thread
 from worker.otlp.store import store

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg.rows import dict_row
 
+from tests.otlp_encode import make_request, make_span, otlp_json
 from worker.otlp.attributes import MAX_ITEMS
-from worker.otlp.encode import make_request, make_span, otlp_json
 from worker.otlp.server import Settings, serve_in_thread
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

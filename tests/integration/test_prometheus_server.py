@@ -17,7 +17,11 @@ import pytest
 from tests.aggregation_support import insert_traces, place
 from tests.celery_support import ROOT, CeleryWorker, free_port
 from tests.factories import create_traces_for_aggregation
-from worker.tasks import aggregate_observability_metrics as aggregate_task
+from worker.scheduling.app import app as celery_app
+from worker.scheduling.tasks import AGGREGATE_TASK, BACKFILL_TASK
+
+aggregate_task = celery_app.tasks[AGGREGATE_TASK]
+backfill_task = celery_app.tasks[BACKFILL_TASK]
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"

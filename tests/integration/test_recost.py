@@ -7,15 +7,15 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-import worker.ingest.recost as recost_module
-from worker.aggregation.refresh import refresh_bounds
-from worker.aggregation.windows import bucket_floor
-from worker.cli import main
+import worker.rollups.recost as recost_module
+from tests.otlp_encode import make_request, make_span
+from worker.cli.main import main
 from worker.ingest import COST_SOURCE_KEY, write_batch
-from worker.ingest.recost import RecostError, recost
-from worker.otlp.encode import make_request, make_span
 from worker.otlp.mapping import map_request
 from worker.otlp.store import store
+from worker.rollups.recost import RecostError, recost
+from worker.rollups.refresh import refresh_bounds
+from worker.rollups.windows import bucket_floor
 
 # A model of its own, so that rolled-up rows of other tests never mix with these.
 MODEL = "recost-test-model"

@@ -17,7 +17,7 @@ from tests.rollup_support import (
     rollup_conn,
     wait_for,
 )
-from worker.schema import install
+from worker.schema.install import install
 
 __all__ = ["rollup_conn"]
 

@@ -4,8 +4,8 @@ import psycopg
 import pytest
 
 from tests.rollup_support import ROLLUPS, rollup_conn, sketch_schema
-from worker.cli import main
-from worker.health import rollup_health
+from worker.cli.main import main
+from worker.monitoring.health import rollup_health
 
 __all__ = ["rollup_conn"]
 

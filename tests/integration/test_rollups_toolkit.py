@@ -4,7 +4,7 @@ import psycopg
 import pytest
 
 from tests.rollup_support import rollup_conn
-from worker.sqltemplate import recorded_sketch
+from worker.schema.sqltemplate import recorded_sketch
 
 __all__ = ["rollup_conn"]
 

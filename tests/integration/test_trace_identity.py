@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from tests.otlp_encode import make_request, make_span
 from worker.ingest import write_batch
-from worker.ingest.recost import recost
-from worker.otlp.encode import make_request, make_span
 from worker.otlp.server import Settings, serve_in_thread
+from worker.rollups.recost import recost
 
 # Expected figures here come from what the test sends (the price rows of
 # sql/idempotent/006-model-prices.sql for gpt-4o: 2.50 and 10.00 USD per million tokens), never

@@ -16,8 +16,8 @@ from opentelemetry.trace import Tracer, set_span_in_context
 from psycopg.rows import dict_row
 
 from tests.oracle.model import datetime_to_ns
-from worker.aggregation import backfill_metrics
 from worker.otlp.server import Settings, serve_in_thread
+from worker.rollups import backfill_metrics
 
 # Trace totals as a real client produces them: the official SDK exporter sends a retrieval-only
 # trace, a trace whose only LLM call names a model without a price, a trace with one priced call

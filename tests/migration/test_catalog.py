@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData
 
 from tests.sql_catalog import declared_names
-from worker.migrate import CONNECT_ARGS, connect, model_differences
 from worker.models import Base
+from worker.schema.migrate import CONNECT_ARGS, connect, model_differences
 
 HYPERTABLES = {
     "traces": ("started_at", timedelta(days=1)),

@@ -7,9 +7,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from worker.migrate import CONNECT_ARGS
-from worker.schema import ChecksumMismatch, InstallError, applied_migrations, install
-from worker.sqlfiles import SQL_DIR, SqlLayoutError, discover
+from worker.schema.install import ChecksumMismatch, InstallError, applied_migrations, install
+from worker.schema.migrate import CONNECT_ARGS
+from worker.schema.sqlfiles import SQL_DIR, SqlLayoutError, discover
 
 
 @pytest.fixture

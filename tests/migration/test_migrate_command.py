@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli import COMMANDS, build_parser, main
+from worker.cli.main import COMMANDS, build_parser, main
 
 
 def test_migrate_is_registered() -> None:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,16 +12,17 @@ import pytest
 
 from tests.observability_db import reset_to_head
 from tests.sql_catalog import dump_catalog
-from worker.migrate import (
+from worker.schema.install import install, uninstall
+from worker.schema.migrate import (
     CONNECT_ARGS,
-    ROOT,
     current_revision,
     downgrade,
     migrate,
     upgrade,
 )
-from worker.schema import install, uninstall
-from worker.sqlfiles import discover
+from worker.schema.sqlfiles import discover
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.sql_catalog import declared_names
-from worker.sqlfiles import SQL_DIR, SqlLayoutError, check_names, discover, split_statements
+from worker.schema.sqlfiles import SQL_DIR, SqlLayoutError, check_names, discover, split_statements
 
 
 def test_repository_sql_follows_the_naming_rules() -> None:

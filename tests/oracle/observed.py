@@ -9,8 +9,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tests.observability_db import empty_observability
-from worker.aggregation.windows import bucket_floor
-from worker.migrate import CONNECT_ARGS
+from worker.rollups.windows import bucket_floor
+from worker.schema.migrate import CONNECT_ARGS
 
 # What the store holds and publishes, read back for the comparison. Nothing here computes a
 # figure: each query reads a table, a view or a function as a dashboard would.

@@ -25,7 +25,7 @@ from tests.oracle.model import JSON, BulkExport, OtlpExport, Traffic
 from tests.oracle.rollup import GRANULARITIES, WIDTHS, bucket, local_day_cells, metric_cells
 from tests.oracle.send import Outcome, Sender
 from tests.oracle.traffic import generate
-from worker.aggregation import backfill_metrics
+from worker.rollups import backfill_metrics
 
 # One case: generate traffic, deliver phase 1, sync metrics_aggregates, compare everything,
 # deliver phase 2 (late and updated data), sync again, compare everything again, including

@@ -20,10 +20,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from tests.oracle.model import JSON, SDK, BulkExport, Export, OtlpExport, OtlpSpan, Step
+from tests.otlp_encode import otlp_json
 from worker.ingest import write_batch
-from worker.migrate import CONNECT_ARGS
-from worker.otlp.encode import otlp_json
 from worker.otlp.server import Settings, serve_in_thread
+from worker.schema.migrate import CONNECT_ARGS
 
 # Delivery through the store's real entry points: the official OTLP/HTTP exporter, OTLP/JSON
 # posted to the same endpoint, and the bulk writer. The exports of one step go out at once, one

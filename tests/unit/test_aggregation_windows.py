@@ -5,15 +5,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.aggregation.windows import (
+from worker.rollups.windows import (
     InvalidWindow,
     Window,
     aligned_window,
     bucket_floor,
     default_window,
 )
-from worker.settings import SettingsError, WorkerSettings
-from worker.tasks import RETRYABLE
+from worker.scheduling.settings import SettingsError, WorkerSettings
+from worker.scheduling.tasks import RETRYABLE
 
 
 def at(text: str) -> datetime:

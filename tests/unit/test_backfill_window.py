@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worker.aggregation import InvalidWindow
-from worker.aggregation.service import WindowInFuture, backfill_window
+from worker.rollups import InvalidWindow
+from worker.rollups.service import WindowInFuture, backfill_window
 
 NOW = datetime(2026, 11, 11, 14, 57, 30, tzinfo=UTC)  # a Wednesday
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import COMMANDS, build_parser, main
+from worker.cli.main import COMMANDS, build_parser, main
 
 
 def test_db_serve_arguments() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.engine import (
+from worker.embedded.engine import (
     PGLITE_PACKAGE,
     EmbeddedEngine,
     EngineStartupError,

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from worker.cli import COMMANDS, build_parser, main
+from worker.cli.main import COMMANDS, build_parser, main
 
 BERLIN_WINTER = timezone(timedelta(hours=1))
 

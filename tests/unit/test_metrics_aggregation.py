@@ -18,8 +18,8 @@ from tests.aggregation_support import (
     place,
 )
 from tests.factories import create_llm_spans_for_aggregation, create_traces_for_aggregation
-from worker.aggregation import aggregate_observability_metrics, backfill_metrics
-from worker.celery_app import app
+from worker.rollups import aggregate_observability_metrics, backfill_metrics
+from worker.scheduling.app import app
 
 pytestmark = pytest.mark.usefixtures("agg_conn")
 HOUR = timedelta(hours=1)
@@ -40,7 +40,7 @@ def test_aggregate_task_registered_in_celery() -> None:
     assert task.max_retries is not None and task.max_retries > 0
     assert psycopg.OperationalError in task.autoretry_for
     # the task shell calls the plain function the other tests call
-    assert task.run.__module__ == "worker.tasks"
+    assert task.run.__module__ == "worker.scheduling.tasks"
 
 
 def test_aggregate_writes_to_metrics_aggregates_table(agg_conn: psycopg.Connection) -> None:

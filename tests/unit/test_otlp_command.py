@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli import build_parser, main
-from worker.commands.ingest import TOKEN_ENV, is_loopback
+from worker.cli.ingest import TOKEN_ENV, is_loopback
+from worker.cli.main import build_parser, main
 
 
 def test_ingest_arguments_and_defaults() -> None:

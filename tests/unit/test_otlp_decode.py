@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tests.otlp_encode import make_request, make_span, otlp_json
 from worker.otlp.body import TooLarge, read_body
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
-from worker.otlp.encode import make_request, make_span, otlp_json
 from worker.otlp.mapping import map_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

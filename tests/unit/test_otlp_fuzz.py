@@ -8,12 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.otlp_encode import key_values, make_request, otlp_json
 from worker.ingest import DEFAULT_LIMITS
 from worker.ingest.items import SPAN, TRACE
 from worker.models.observability import SPAN_TYPES, TRACE_STATUSES
 from worker.otlp import conventions
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
-from worker.otlp.encode import key_values, make_request, otlp_json
 from worker.otlp.mapping import MappedBatch, map_request
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

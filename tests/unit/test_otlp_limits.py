@@ -3,10 +3,10 @@ from __future__ import annotations
 import json
 import uuid
 
+from tests.otlp_encode import key_values, make_request, make_span, otlp_json
 from worker.ingest import DEFAULT_LIMITS
 from worker.otlp.attributes import MAX_ITEMS, MAX_STRING_CHARS
 from worker.otlp.decode import JSON, decode_request
-from worker.otlp.encode import key_values, make_request, make_span, otlp_json
 from worker.otlp.mapping import map_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

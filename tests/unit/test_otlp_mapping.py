@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.otlp_encode import make_request, make_span
 from worker.otlp import conventions
 from worker.otlp.attributes import MAX_DEPTH, MAX_ITEMS, MAX_STRING_CHARS, TOO_DEEP
-from worker.otlp.encode import make_request, make_span
 from worker.otlp.mapping import map_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -157,7 +157,7 @@ def test_unusable_values_stay_in_attributes() -> None:
 def test_error_status_and_exception_event() -> None:
     span = make_span(TRACE, ROOT, "chat", START, START + 10, error="rate limited")
     event = span.events.add(name="exception", time_unix_nano=START + 5)
-    from worker.otlp.encode import key_values
+    from tests.otlp_encode import key_values
 
     event.attributes.extend(key_values({"exception.type": "RateLimitError"}))
     batch = map_request(make_request([span]))

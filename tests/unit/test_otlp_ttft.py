@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from worker.otlp.encode import make_request, make_span
+from tests.otlp_encode import make_request, make_span
 from worker.otlp.mapping import map_request
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

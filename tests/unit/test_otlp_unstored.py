@@ -6,8 +6,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.otlp_encode import key_values, make_request, make_span, otlp_json
 from worker.otlp.decode import JSON, PROTOBUF, decode_request
-from worker.otlp.encode import key_values, make_request, make_span, otlp_json
 from worker.otlp.mapping import map_request
 
 # Bytes that are not UTF-8 in fields the project does not store replace the span's strings

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from worker.commands.status import render as render_status
-from worker.health import JobStatus, RollupHealth, RollupStatus, SketchStatus
-from worker.sqlfiles import discover
-from worker.sqltemplate import SKETCH_SCHEMA, TemplateError, render, render_for
+from worker.cli.status import render as render_status
+from worker.monitoring.health import JobStatus, RollupHealth, RollupStatus, SketchStatus
+from worker.schema.sqlfiles import discover
+from worker.schema.sqltemplate import SKETCH_SCHEMA, TemplateError, render, render_for
 
 SKETCH_FUNCTIONS = ("percentile_agg", "rollup", "approx_percentile_array", "approx_percentile")
 FALLBACK_FILE = "008-percentile-sketch.sql"

@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from worker.aggregation.windows import bucket_floor  # noqa: E402
 from worker.demo.summary import Summary, html_table  # noqa: E402
 from worker.demo.workload import KB_NAMES, KNOWLEDGE_BASES  # noqa: E402
+from worker.rollups.windows import bucket_floor  # noqa: E402
 
 _SERIES = """
 select bucket_time, dimension_value, p50_value, p95_value, p99_value, avg_value, sum_value

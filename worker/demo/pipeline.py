@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,18 +9,19 @@ from typing import Any
 import psycopg
 from tqdm import tqdm
 
-from worker.aggregation import (
+from worker.demo.workload import MARKER, RATE_MARKER, Batch, Generator, Prices
+from worker.ingest import write_batch
+from worker.models.granularities import GRANULARITIES
+from worker.rollups import (
     ConcurrentRefresh,
     LeaseBusy,
     aggregate_observability_metrics,
     backfill_metrics,
 )
-from worker.aggregation.sync import SyncCounts
-from worker.aggregation.windows import Window, aligned_window, bucket_ceil, bucket_floor
-from worker.demo.workload import MARKER, RATE_MARKER, Batch, Generator, Prices
-from worker.ingest import write_batch
+from worker.rollups.refresh import retry_busy
+from worker.rollups.sync import SyncCounts
+from worker.rollups.windows import Window, aligned_window, bucket_ceil, bucket_floor
 
-GRANULARITIES = ("hour", "day", "week")
 WRITE_BATCH_ROWS = 4000
 # The scheduled hourly run syncs the latest two complete hours, so late rows land there.
 LATE_HOURS = 2
@@ -216,11 +216,8 @@ def late_rows(
 
 
 def scheduled_run(url: str, granularity: str, now: datetime) -> dict[str, Any]:
-    pause = 1.0
-    for _ in range(SCHEDULED_ATTEMPTS - 1):
-        try:
-            return aggregate_observability_metrics(granularity, database_url=url, now=now)
-        except (ConcurrentRefresh, LeaseBusy):
-            time.sleep(pause)
-            pause *= 2
-    return aggregate_observability_metrics(granularity, database_url=url, now=now)
+    return retry_busy(
+        lambda: aggregate_observability_metrics(granularity, database_url=url, now=now),
+        SCHEDULED_ATTEMPTS - 1,
+        busy=(ConcurrentRefresh, LeaseBusy),
+    )

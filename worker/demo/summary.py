@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from worker.commands.status import _duration, _table, _time
+from worker.cli.status import _duration, _table, _time
 from worker.demo.workload import KB_NAMES, MODELS
 
 _OVER_RANGE = """

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from worker.aggregation.windows import bucket_floor
+from worker.rollups.windows import bucket_floor
 
 DAYS = 7
 # Every generated trace carries this attribute (with the seed): it is how a later run recognises

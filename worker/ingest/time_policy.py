@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from worker.ingest.validation import Invalid
-from worker.retention import horizon_at, retention
+from worker.schema.retention import horizon_at, retention
 
 DEFAULT_MAX_FUTURE = timedelta(hours=1)
 # The retention settings change rarely; reading them costs a catalog query, so each connection

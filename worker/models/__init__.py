@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from worker.models.base import SCHEMA, Base
+from worker.models.granularities import GRANULARITIES
 from worker.models.observability import (
     DIMENSION_TYPES,
-    GRANULARITIES,
     MESSAGE_ROLES,
     SPAN_TYPES,
     SYNC_STATUSES,

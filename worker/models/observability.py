@@ -25,7 +25,6 @@ from worker.models.base import (
 TRACE_STATUSES = ("running", "ok", "error")
 SPAN_TYPES = ("llm", "embedding", "retrieval", "rerank", "tool", "agent", "chain", "other")
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-GRANULARITIES = ("hour", "day", "week")
 DIMENSION_TYPES = (
     "overall",
     "operation_type",

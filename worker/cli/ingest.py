@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from worker.cli.common import add_database_url, database_url
+from worker.otlp import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from worker.cli.common import SubParsers
+
+log = logging.getLogger("worker.ingest")
+
+TOKEN_ENV = "OBSERVABILITY_INGEST_TOKEN"
+MAX_FUTURE_ENV = "OBSERVABILITY_MAX_FUTURE_SECONDS"
+
+
+def register(subparsers: SubParsers) -> None:
+    ingest = subparsers.add_parser(
+        "ingest",
+        help="serve the OTLP/HTTP traces endpoint (POST /v1/traces)",
+        description="Receive OpenTelemetry traces over OTLP/HTTP (protobuf or JSON, optionally "
+        "gzip) on POST /v1/traces and store them as traces and spans. A bearer token is "
+        "required when the endpoint listens on anything but loopback.",
+    )
+    ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    ingest.add_argument("--port", type=_port, default=4318, help="TCP port (default: 4318)")
+    add_database_url(ingest)
+    ingest.add_argument(
+        "--max-body-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body, before and after decompression; larger ones get 413 "
+        "(default: 20 MiB)",
+    )
+    ingest.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token clients must send (default: the {TOKEN_ENV} environment variable)",
+    )
+    ingest.add_argument(
+        "--pool-size", type=_positive, default=4, help="database connections (default: 4)"
+    )
+    ingest.add_argument(
+        "--max-concurrent-requests",
+        type=_positive,
+        default=4,
+        help="requests processed at once; others wait before their body is read. Each takes "
+        "about 6 times its body size in memory while it is processed (default: 4)",
+    )
+    ingest.add_argument(
+        "--max-future-seconds",
+        type=_positive,
+        default=None,
+        help="refuse spans starting more than this many seconds ahead of the server's clock "
+        f"(default: the {MAX_FUTURE_ENV} environment variable, else 3600)",
+    )
+    ingest.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    url = database_url(args, log)
+    if not url:
+        return 2
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is None and not is_loopback(args.host):
+        log.error(
+            "refusing to listen on %s without a bearer token: pass --token or set %s "
+            "(only loopback addresses may go without one)",
+            args.host,
+            TOKEN_ENV,
+        )
+        return 2
+    import uvicorn
+
+    from worker.otlp.server import Settings, create_app
+
+    try:
+        max_future = args.max_future_seconds or _positive(os.environ.get(MAX_FUTURE_ENV) or "3600")
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        log.error("%s must be a whole number of seconds, at least 1: %s", MAX_FUTURE_ENV, exc)
+        return 2
+    settings = Settings(
+        database_url=url,
+        max_future=timedelta(seconds=max_future),
+        max_body_bytes=args.max_body_bytes,
+        token=token,
+        pool_size=args.pool_size,
+        max_concurrent_requests=args.max_concurrent_requests,
+    )
+    log.info(
+        "OTLP/HTTP endpoint on http://%s:%d/v1/traces (bearer token %s)",
+        args.host,
+        args.port,
+        "required" if token else "off",
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="debug" if args.verbose else "info",
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
+    return value

@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from worker.cli.common import add_database_url, database_url
+from worker.monitoring.health import CLOCK_SKEW
+
+if TYPE_CHECKING:
+    from worker.cli.common import SubParsers
+    from worker.monitoring.health import JobStatus, RollupHealth
+    from worker.rollups.runs import GranularityStatus
+
+log = logging.getLogger("worker.status")
+
+_SKETCHES = {
+    "timescaledb_toolkit": "timescaledb_toolkit (UddSketch)",
+    "observability": "the project's own (timescaledb_toolkit is not installed)",
+}
+
+
+def register(subparsers: SubParsers) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="show the rollups and the worker: sketch, freshness, policy jobs, last success",
+        description="Print which percentile sketch the rollups use, each continuous aggregate "
+        "with its newest materialized bucket and lag, and the database's job statistics for "
+        "the refresh, compression and retention policies, then the aggregation worker's last "
+        "success and latest run per granularity. Rows and buckets dated ahead of the clock "
+        "are named apart: freshness leaves them out.",
+    )
+    add_database_url(status)
+    status.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    url = database_url(args, log)
+    if not url:
+        return 2
+    from worker.monitoring.health import rollup_health
+    from worker.rollups.runs import granularity_statuses
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            health = rollup_health(conn)
+            runs = granularity_statuses(conn)
+    except psycopg.OperationalError as exc:
+        log.error("cannot reach the database: %s", exc)
+        return 1
+    except psycopg.errors.UndefinedTable as exc:
+        log.error("the observability schema is not installed (python -m worker migrate): %s", exc)
+        return 1
+    print("\n".join(render(health) + ["", *render_runs(runs)]))
+    return 0
+
+
+def render_runs(runs: Sequence[GranularityStatus]) -> list[str]:
+    lines = ["aggregation worker (metrics_aggregates)"]
+    lines += _table(
+        ["granularity", "last success", "latest run", "status", "started", "synced up to"],
+        [
+            [
+                r.granularity,
+                _time(r.last_success) if r.last_success else "never",
+                r.last_run_kind or "-",
+                r.last_run_status or "-",
+                _time(r.last_run_started_at),
+                _time(r.done_until),
+            ]
+            for r in runs
+        ],
+    )
+    for run in runs:
+        if run.last_run_status == "failed" and run.last_error:
+            lines.append(f"last {run.granularity} run failed with: {run.last_error}")
+    return lines
+
+
+def render(health: RollupHealth) -> list[str]:
+    lines = [f"checked at {_time(health.checked_at)}"]
+    if health.sketch is None:
+        lines.append("percentile sketch: not chosen yet (run python -m worker migrate)")
+    else:
+        name = _SKETCHES.get(health.sketch.implementation, health.sketch.implementation)
+        lines.append(f"percentile sketch: {name}, functions in {health.sketch.function_schema}")
+    lines.append("")
+    lines.append("rollups")
+    lines += _table(
+        ["rollup", "bucket", "real-time", "newest bucket", "lag"],
+        [
+            [
+                r.name,
+                r.bucket_width,
+                "yes" if r.real_time else "no",
+                _time(r.newest_bucket),
+                _duration(r.lag) if r.lag is not None else "not materialized",
+            ]
+            for r in health.rollups
+        ],
+    )
+    lines += _future(health)
+    lines.append("")
+    lines.append("jobs")
+    lines += _table(
+        [
+            "id",
+            "kind",
+            "target",
+            "settings",
+            "every",
+            "last run",
+            "status",
+            "last success",
+            "next start",
+            "runs",
+            "failed",
+        ],
+        [
+            [
+                str(j.job_id),
+                j.kind,
+                j.target,
+                _settings(j),
+                _duration(j.schedule_interval),
+                _time(j.last_run_started_at),
+                j.last_run_status or "never ran",
+                _last_success(j),
+                _time(j.next_start) if j.scheduled else "paused",
+                str(j.total_runs),
+                str(j.total_failures),
+            ]
+            for j in health.jobs
+        ],
+    )
+    for job in health.jobs:
+        if job.never_succeeded:
+            runs = _plural(job.total_failures, "failed run")
+            lines.append(
+                f"job {job.job_id} ({job.kind} of {job.target}) has never succeeded: {runs}"
+            )
+    errors = [j for j in health.jobs if j.last_error and j.last_run_status == "Failed"]
+    for job in errors:
+        lines.append(f"job {job.job_id} last failed with: {job.last_error}")
+    return lines
+
+
+def _future(health: RollupHealth) -> list[str]:
+    ahead = f"dated more than {_duration(CLOCK_SKEW)} ahead of now"
+    lines = []
+    for rollup in health.rollups:
+        if rollup.future_buckets:
+            buckets = _plural(rollup.future_buckets, "materialized bucket")
+            latest = _time_or_infinity(rollup.newest_future_bucket)
+            lines.append(
+                f"{rollup.name} has {buckets} {ahead} (the latest at {latest}): newest bucket "
+                "and lag leave them out"
+            )
+    for table in health.raw:
+        if table.future_rows:
+            rows = _plural(table.future_rows, "row")
+            latest = _time_or_infinity(table.newest_future)
+            lines.append(
+                f"{table.table} has {rows} {ahead} (the latest at {latest}): freshness leaves "
+                "them out until their time comes; check the clock of whatever wrote them"
+            )
+    return lines
+
+
+def _last_success(job: JobStatus) -> str:
+    if job.last_successful_finish is not None:
+        return _time(job.last_successful_finish)
+    return "never succeeded" if job.never_succeeded else "-"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _time_or_infinity(value: datetime | None) -> str:
+    # counted rows or buckets without a finite latest time are dated 'infinity'
+    return _time(value) if value is not None else "infinity"
+
+
+def _settings(job: JobStatus) -> str:
+    config: dict[str, Any] = job.config
+    if job.kind == "refresh":
+        start, end = config.get("start_offset"), config.get("end_offset")
+        return f"window {start} .. {end} ago"
+    if job.kind == "compression":
+        return f"after {config.get('compress_after')}"
+    if job.kind == "retention":
+        return f"drop after {config.get('drop_after')}"
+    return ""
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S%z") if value is not None else "-"
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if hours:
+        parts.append(f"{hours}h")
+    if minutes:
+        parts.append(f"{minutes}m")
+    if seconds and not days:
+        parts.append(f"{seconds}s")
+    return sign + (" ".join(parts) or "0s")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
+    return [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [list(header), *rows]
+    ]

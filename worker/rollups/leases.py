@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger("worker.rollups")
+
+# Taken when free, expired, already ours, or held by an earlier delivery of the same Celery task
+# (its worker died), in one statement, so two callers cannot both win.
+_ACQUIRE = """
+insert into observability.worker_leases as l (name, holder, task_id, acquired_at, expires_at)
+values (%(name)s, %(holder)s, %(task_id)s, pg_catalog.now(), pg_catalog.now() + %(ttl)s)
+on conflict (name) do update
+  set holder = excluded.holder, task_id = excluded.task_id,
+    acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+  where l.expires_at <= pg_catalog.now() or l.holder = excluded.holder
+    or l.task_id = excluded.task_id
+returning holder
+"""
+_CURRENT = "select holder, expires_at from observability.worker_leases where name = %s"
+_RENEW = """
+update observability.worker_leases set expires_at = pg_catalog.now() + %(ttl)s
+where name = %(name)s and holder = %(holder)s
+"""
+_RELEASE = "delete from observability.worker_leases where name = %(name)s and holder = %(holder)s"
+
+
+class LeaseBusy(RuntimeError):
+    """Someone else holds the lease: skip, or retry later."""
+
+    def __init__(self, name: str, holder: str, expires_at: datetime | None) -> None:
+        until = f" until {expires_at.isoformat()} at the latest" if expires_at else ""
+        super().__init__(f"{name} is held by {holder}{until}")
+        self.name = name
+        self.holder = holder
+        self.expires_at = expires_at
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Celery pickles a task's exception for its caller; the default reduce would call
+        # __init__ with the message alone.
+        return (type(self), (self.name, self.holder, self.expires_at))
+
+
+class LeaseLost(RuntimeError):
+    """The lease expired and was taken over while we still worked under it."""
+
+
+def new_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Lease:
+    conn: psycopg.Connection[Any]
+    name: str
+    holder: str
+    ttl: timedelta
+    _lost: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def renew(self) -> None:
+        params = {"name": self.name, "holder": self.holder, "ttl": self.ttl}
+        if self._lost.is_set() or self.conn.execute(_RENEW, params).rowcount != 1:
+            raise LeaseLost(f"{self.name} expired and was taken by another worker")
+
+    def keep_alive(self, database_url: str) -> threading.Thread:
+        """Renew the lease every third of its time to live from a thread with its own
+        connection, so one long batch does not let it expire under us."""
+        thread = threading.Thread(
+            target=self._heartbeat, args=(database_url,), name=f"lease {self.name}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _heartbeat(self, database_url: str) -> None:
+        params = {"name": self.name, "holder": self.holder, "ttl": self.ttl}
+        interval = self.ttl.total_seconds() / 3
+        while not self._stop.wait(interval):
+            try:
+                with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+                    if conn.execute(_RENEW, params).rowcount != 1:
+                        self._lost.set()
+                        return
+            except psycopg.Error as exc:
+                log.warning("could not renew lease %s: %s", self.name, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        # When the connection is gone the lease is left to expire; raising here would hide
+        # the error that got us here.
+        with suppress(psycopg.Error):
+            self.conn.execute(_RELEASE, {"name": self.name, "holder": self.holder})
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def acquire(
+    conn: psycopg.Connection[Any],
+    name: str,
+    ttl: timedelta,
+    *,
+    holder: str | None = None,
+    task_id: str | None = None,
+    wait_seconds: float = 0.0,
+) -> Lease:
+    """Take the named lease, waiting up to wait_seconds for its holder to let go.
+
+    conn must be autocommit: the lease is visible to others as soon as it is taken. Raises
+    LeaseBusy when the lease is still held at the deadline.
+    """
+    holder = holder or new_holder()
+    deadline = time.monotonic() + wait_seconds
+    params = {"name": name, "holder": holder, "task_id": task_id, "ttl": ttl}
+    while conn.execute(_ACQUIRE, params).fetchone() is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            row = conn.execute(_CURRENT, [name]).fetchone()
+            raise LeaseBusy(name, row[0] if row else "another worker", row[1] if row else None)
+        time.sleep(min(1.0, remaining))
+    return Lease(conn, name, holder, ttl)
