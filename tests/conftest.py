@@ -10,6 +10,13 @@ import pytest
 from tests.database import TIMESCALE_IMAGE, Database, open_database, select_backend
 from worker.embedded.engine import default_engine_dir
 
+# Fixtures of the schema, the rollup worker and Celery live in these modules, by topic.
+pytest_plugins = [
+    "tests.observability_fixtures",
+    "tests.aggregation_support",
+    "tests.celery_support",
+]
+
 _BACKEND = pytest.StashKey[str]()
 _ENGINE_LOG = pytest.StashKey[Path]()
 _DESCRIPTIONS = {
@@ -89,17 +96,3 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
         yield connection
     finally:
         connection.close()
-
-
-# Observability schema fixtures, defined in tests/observability_fixtures.py and
-# tests/aggregation_support.py.
-from tests.aggregation_support import agg_conn  # noqa: E402, F401
-from tests.celery_support import celery_broker, celery_worker  # noqa: E402, F401
-from tests.observability_fixtures import (  # noqa: E402, F401
-    clean_observability,
-    migrated_database_url,
-    obs_async_session,
-    obs_cleanup_conn,
-    obs_engine,
-    obs_session,
-)

@@ -21,6 +21,15 @@
 -- Dimensions: overall (dimension_value ''), operation_type, kb and user for traces; model and
 -- provider for LLM spans; event_type (the processing step) for document events.
 
+-- Every continuous aggregate: each source at each level of the granularity catalogue, named
+-- <source>_<level>. The worker's mirror of the sources is ROLLUP_SOURCES in
+-- worker/models/granularities.py.
+create or replace view observability.rollups as
+select s.source, g.name as granularity, g.position,
+  pg_catalog.format('observability.%I', s.source || '_' || g.level)::regclass as rollup
+from observability.granularities as g
+cross join (values ('traces'), ('llm_spans'), ('document_events')) as s (source);
+
 -- Hourly rows have no stored percentiles (see sql/incremental/010-trace-rollups.sql): NULL here.
 create or replace view observability.traces_rollups as
 select 'hour'::text as granularity, r.*,

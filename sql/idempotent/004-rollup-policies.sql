@@ -66,7 +66,8 @@ language sql stable as $$
   from timescaledb_information.jobs as j
   where j.proc_name = 'policy_refresh_continuous_aggregate'
     and j.hypertable_schema = 'observability'
-    and j.hypertable_name in ('traces_hourly', 'llm_spans_hourly', 'document_events_hourly')
+    and pg_catalog.format('%I.%I', j.hypertable_schema, j.hypertable_name)::regclass in
+      (select r.rollup from observability.rollups as r where r.granularity = 'hour')
 $$;
 
 -- Compression and retention of the raw hypertables that feed the rollups (traces, spans,
@@ -152,36 +153,23 @@ begin
 end
 $$;
 
-alter materialized view observability.traces_hourly set (timescaledb.materialized_only = false);
-alter materialized view observability.traces_daily set (timescaledb.materialized_only = false);
-alter materialized view observability.traces_weekly set (timescaledb.materialized_only = false);
-alter materialized view observability.llm_spans_hourly
-  set (timescaledb.materialized_only = false);
-alter materialized view observability.llm_spans_daily
-  set (timescaledb.materialized_only = false);
-alter materialized view observability.llm_spans_weekly
-  set (timescaledb.materialized_only = false);
-alter materialized view observability.document_events_hourly
-  set (timescaledb.materialized_only = false);
-alter materialized view observability.document_events_daily
-  set (timescaledb.materialized_only = false);
-alter materialized view observability.document_events_weekly
-  set (timescaledb.materialized_only = false);
+-- Every rollup answers queries in real time (materialized buckets plus raw rows past them).
+do $$
+declare
+  rollup regclass;
+begin
+  for rollup in select r.rollup from observability.rollups as r loop
+    execute pg_catalog.format(
+      'alter materialized view %s set (timescaledb.materialized_only = false)', rollup);
+  end loop;
+end
+$$;
 
-select observability.ensure_refresh_policy(p.target, p.start_offset, p.end_offset, p.schedule)
-from (
-  values
-    ('observability.traces_hourly'::regclass, '3 days'::interval, '0'::interval,
-      '5 minutes'::interval),
-    ('observability.llm_spans_hourly', '3 days', '0', '5 minutes'),
-    ('observability.document_events_hourly', '3 days', '0', '5 minutes'),
-    ('observability.traces_daily', '5 days', '1 hour', '1 hour'),
-    ('observability.llm_spans_daily', '5 days', '1 hour', '1 hour'),
-    ('observability.document_events_daily', '5 days', '1 hour', '1 hour'),
-    ('observability.traces_weekly', '3 weeks', '1 day', '6 hours'),
-    ('observability.llm_spans_weekly', '3 weeks', '1 day', '6 hours'),
-    ('observability.document_events_weekly', '3 weeks', '1 day', '6 hours')
-) as p (target, start_offset, end_offset, schedule);
+-- Refresh windows and schedules per level, from the granularity catalogue.
+select observability.ensure_refresh_policy(r.rollup, g.refresh_start_offset,
+  g.refresh_end_offset, g.refresh_schedule)
+from observability.rollups as r
+join observability.granularities as g on g.name = r.granularity;
 
 select observability.apply_raw_data_policies(
   nullif(pg_catalog.current_setting('observability.raw_retention', true), '')::interval,

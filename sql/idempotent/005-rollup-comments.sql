@@ -61,3 +61,25 @@ comment on function observability.ensure_refresh_policy(regclass, interval, inte
 comment on type observability.percentile_sketch is
   'The project''s mergeable percentile sketch: counts per logarithmic bucket (ratio 1.01), '
   'with the exact count, minimum and maximum.';
+
+comment on table observability.granularities is
+  'The rollup granularities (hour, day, week): bucket width and the refresh policy of the '
+  'continuous aggregates at that level. Versioned in sql/incremental; the worker mirrors it.';
+comment on column observability.granularities.name is
+  'hour, day or week: the value of metrics_aggregates.granularity.';
+comment on column observability.granularities.position is 'Order, finest first.';
+comment on column observability.granularities.level is
+  'hourly, daily or weekly: the suffix of the continuous aggregates of this granularity.';
+comment on column observability.granularities.bucket_width is 'Width of one bucket.';
+comment on column observability.granularities.refresh_start_offset is
+  'The refresh policy refreshes buckets from now - refresh_start_offset ...';
+comment on column observability.granularities.refresh_end_offset is
+  '... to now - refresh_end_offset.';
+comment on column observability.granularities.refresh_schedule is
+  'How often the refresh policy runs.';
+comment on view observability.rollups is
+  'Every continuous aggregate of the schema: source table family, granularity, and the rollup.';
+comment on index observability.granularities_pkey is 'One row per granularity name.';
+comment on index observability.granularities_position_key is 'One granularity per position.';
+comment on index observability.granularities_level_key is
+  'One granularity per rollup suffix, so each continuous aggregate name is taken once.';

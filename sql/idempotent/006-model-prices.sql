@@ -23,8 +23,8 @@ comment on column observability.model_prices.output_usd_per_million is
 
 -- The provider of model_prices rows that a span's provider name stands for: ASCII letters
 -- lowercased (translate(), not lower(), so that the result does not depend on the locale), then
--- common aliases mapped (Azure OpenAI -> openai, Gemini and Vertex AI -> google, ...). The bulk
--- writer's copy of the table is worker/ingest/pricing.py PROVIDER_ALIASES; a test compares them.
+-- common aliases mapped (Azure OpenAI -> openai, Gemini and Vertex AI -> google, ...). This is
+-- the only table of aliases: the bulk writer asks this function too.
 create or replace function observability.canonical_provider(provider text) returns text
 language sql immutable parallel safe
 as $$

@@ -22,8 +22,9 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from psycopg.rows import dict_row
 
 from tests.otlp_encode import make_request, make_span, otlp_json
+from tests.otlp_server import serve_in_thread
 from worker.otlp import conventions
-from worker.otlp.server import Settings, serve_in_thread
+from worker.otlp.server import Settings
 
 USER = "7d3c1a52-1b0e-4f9a-8a53-0e3f1f6c2b11"
 KB = "6f1c2b9e-3a57-4c0e-9d51-8f0a2b3c4d5e"

@@ -16,10 +16,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.otlp_encode import make_request, make_span, otlp_json
+from tests.otlp_server import serve_in_thread
 from worker.embedded.engine import EmbeddedEngine
 from worker.otlp.attributes import MAX_STRING_CHARS
 from worker.otlp.mapping import map_request
-from worker.otlp.server import Settings, serve_in_thread
+from worker.otlp.server import Settings
 from worker.otlp.store import store
 from worker.schema.migrate import migrate
 

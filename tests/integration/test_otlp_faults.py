@@ -15,8 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 import worker.ingest
 import worker.otlp.server
 from tests.otlp_encode import make_request, make_span
+from tests.otlp_server import serve_in_thread
 from worker.otlp.mapping import map_request
-from worker.otlp.server import Settings, serve_in_thread
+from worker.otlp.server import Settings
 from worker.otlp.store import store
 
 TRACE = "4af7651916cd43dd8448eb211c80319c"

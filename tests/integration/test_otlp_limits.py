@@ -18,8 +18,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from psycopg.rows import dict_row
 
 from tests.otlp_encode import make_request, make_span, otlp_json
+from tests.otlp_server import serve_in_thread
 from worker.otlp.attributes import MAX_ITEMS
-from worker.otlp.server import Settings, serve_in_thread
+from worker.otlp.server import Settings
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 ROOT = "b7ad6b7169203331"

@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Tracer, set_span_in_context
 from psycopg.rows import dict_row
 
-from worker.otlp.server import Settings, serve_in_thread
+from tests.otlp_server import serve_in_thread
+from worker.otlp.server import Settings
 
 # 28 days ago, on the hour: inside raw-data retention, which the endpoint requires.
 START = (int(time.time()) // 3600 - 28 * 24) * 3600 * 10**9

@@ -14,7 +14,7 @@ from worker.ingest import COST_SOURCE_KEY, write_batch
 from worker.otlp.mapping import map_request
 from worker.otlp.store import store
 from worker.rollups.recost import RecostError, recost
-from worker.rollups.refresh import refresh_bounds
+from worker.rollups.refresh import ConcurrentRefresh, refresh_bounds
 from worker.rollups.windows import bucket_floor
 
 # A model of its own, so that rolled-up rows of other tests never mix with these.
@@ -288,10 +288,10 @@ def test_a_recost_whose_refresh_failed_can_be_run_again(
     add_price(db, DAY + timedelta(hours=12), "3.00", "4.00")
 
     def busy(conn: psycopg.Connection, window: object, sleep: object) -> None:
-        raise psycopg.errors.LockNotAvailable("a refresh policy holds the lock")
+        raise ConcurrentRefresh("observability.traces_hourly is being refreshed by another session")
 
     monkeypatch.setattr(recost_module, "_refresh", busy)
-    with pytest.raises(psycopg.errors.LockNotAvailable):
+    with pytest.raises(ConcurrentRefresh):
         recost(db, DAY, DAY + timedelta(days=1))
     assert cost_sums(db) == expected("0.002"), "costs changed, rollups not refreshed"
     monkeypatch.undo()
@@ -308,7 +308,7 @@ def test_the_command_reports_a_busy_refresh_as_such(
     clean_observability: str,
 ) -> None:
     def busy(conn: psycopg.Connection, window: object, sleep: object) -> None:
-        raise psycopg.errors.LockNotAvailable("a refresh policy holds the lock")
+        raise ConcurrentRefresh("observability.traces_hourly is being refreshed by another session")
 
     monkeypatch.setattr(recost_module, "_refresh", busy)
     args = ["recost", "--from", DAY.isoformat(), "--to", (DAY + timedelta(days=1)).isoformat()]

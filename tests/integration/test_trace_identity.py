@@ -12,8 +12,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from tests.otlp_encode import make_request, make_span
+from tests.otlp_server import serve_in_thread
 from worker.ingest import write_batch
-from worker.otlp.server import Settings, serve_in_thread
+from worker.otlp.server import Settings
 from worker.rollups.recost import recost
 
 # Expected figures here come from what the test sends (the price rows of

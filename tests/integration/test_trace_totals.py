@@ -16,7 +16,8 @@ from opentelemetry.trace import Tracer, set_span_in_context
 from psycopg.rows import dict_row
 
 from tests.oracle.model import datetime_to_ns
-from worker.otlp.server import Settings, serve_in_thread
+from tests.otlp_server import serve_in_thread
+from worker.otlp.server import Settings
 from worker.rollups import backfill_metrics
 
 # Trace totals as a real client produces them: the official SDK exporter sends a retrieval-only

@@ -21,8 +21,9 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from tests.oracle.model import JSON, SDK, BulkExport, Export, OtlpExport, OtlpSpan, Step
 from tests.otlp_encode import otlp_json
+from tests.otlp_server import serve_in_thread
 from worker.ingest import write_batch
-from worker.otlp.server import Settings, serve_in_thread
+from worker.otlp.server import Settings
 from worker.schema.migrate import CONNECT_ARGS
 
 # Delivery through the store's real entry points: the official OTLP/HTTP exporter, OTLP/JSON

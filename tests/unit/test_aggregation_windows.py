@@ -12,8 +12,8 @@ from worker.rollups.windows import (
     bucket_floor,
     default_window,
 )
-from worker.scheduling.settings import SettingsError, WorkerSettings
 from worker.scheduling.tasks import RETRYABLE
+from worker.settings import SettingsError, WorkerSettings
 
 
 def at(text: str) -> datetime:

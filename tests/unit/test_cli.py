@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,24 @@ def test_database_commands_need_a_database(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert main([command]) == 2
     assert "no database: pass --database-url or set DATABASE_URL" in caplog.text
+
+
+def test_demo_without_its_optional_plotting_library_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker image installs no matplotlib; an import of it then fails like this.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["demo", "--data-dir", str(tmp_path / "data")]) == 1
+    assert "llm-observability-store[demo]" in caplog.text
+    assert not (tmp_path / "data").exists(), "nothing was started or written"
+
+
+def test_the_worker_imports_no_plotting_library() -> None:
+    code = (
+        "import sys, worker.cli.main, worker.scheduling.app, worker.otlp.server; "
+        "print('matplotlib' in sys.modules)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert found.stdout.strip() == "False"

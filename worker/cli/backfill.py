@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from worker.cli.common import add_database_url, database_url, iso_time
+from worker.settings import SettingsError, WorkerSettings
 
 if TYPE_CHECKING:
     from worker.cli.common import SubParsers
@@ -60,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     url = database_url(args, log)
     if not url:
         return 2
+    try:
+        settings = WorkerSettings.from_env()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
     # Task metrics belong to the worker's /metrics; a backfill run from a shell must not add its
     # numbers there (nor fail when the worker's directory is missing).
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 wait_seconds=args.wait,
                 progress=progress,
+                settings=settings,
             )
         except InvalidWindow as exc:
             log.error("%s", exc)

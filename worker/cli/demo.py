@@ -70,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from worker.rollups import ConcurrentRefresh, InvalidWindow, LeaseBusy
 
     try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.error(
+            "the demo draws its dashboard with matplotlib, an optional dependency: "
+            "pip install 'llm-observability-store[demo]' (in a checkout: pip install -e '.[demo]')"
+        )
+        return 1
+    try:
         if args.fresh:
             wipe(args.data_dir)
         with EmbeddedEngine(data_dir=args.data_dir) as engine:

@@ -3,13 +3,14 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from worker.cli.common import add_database_url, database_url
-from worker.monitoring.health import CLOCK_SKEW
+from worker.clock import CLOCK_SKEW
+from worker.formatting import format_duration, format_table, format_time
 
 if TYPE_CHECKING:
     from worker.cli.common import SubParsers
@@ -61,16 +62,16 @@ def run(args: argparse.Namespace) -> int:
 
 def render_runs(runs: Sequence[GranularityStatus]) -> list[str]:
     lines = ["aggregation worker (metrics_aggregates)"]
-    lines += _table(
+    lines += format_table(
         ["granularity", "last success", "latest run", "status", "started", "synced up to"],
         [
             [
                 r.granularity,
-                _time(r.last_success) if r.last_success else "never",
+                format_time(r.last_success) if r.last_success else "never",
                 r.last_run_kind or "-",
                 r.last_run_status or "-",
-                _time(r.last_run_started_at),
-                _time(r.done_until),
+                format_time(r.last_run_started_at),
+                format_time(r.done_until),
             ]
             for r in runs
         ],
@@ -82,7 +83,7 @@ def render_runs(runs: Sequence[GranularityStatus]) -> list[str]:
 
 
 def render(health: RollupHealth) -> list[str]:
-    lines = [f"checked at {_time(health.checked_at)}"]
+    lines = [f"checked at {format_time(health.checked_at)}"]
     if health.sketch is None:
         lines.append("percentile sketch: not chosen yet (run python -m worker migrate)")
     else:
@@ -90,15 +91,15 @@ def render(health: RollupHealth) -> list[str]:
         lines.append(f"percentile sketch: {name}, functions in {health.sketch.function_schema}")
     lines.append("")
     lines.append("rollups")
-    lines += _table(
+    lines += format_table(
         ["rollup", "bucket", "real-time", "newest bucket", "lag"],
         [
             [
                 r.name,
                 r.bucket_width,
                 "yes" if r.real_time else "no",
-                _time(r.newest_bucket),
-                _duration(r.lag) if r.lag is not None else "not materialized",
+                format_time(r.newest_bucket),
+                format_duration(r.lag) if r.lag is not None else "not materialized",
             ]
             for r in health.rollups
         ],
@@ -106,7 +107,7 @@ def render(health: RollupHealth) -> list[str]:
     lines += _future(health)
     lines.append("")
     lines.append("jobs")
-    lines += _table(
+    lines += format_table(
         [
             "id",
             "kind",
@@ -126,11 +127,11 @@ def render(health: RollupHealth) -> list[str]:
                 j.kind,
                 j.target,
                 _settings(j),
-                _duration(j.schedule_interval),
-                _time(j.last_run_started_at),
+                format_duration(j.schedule_interval),
+                format_time(j.last_run_started_at),
                 j.last_run_status or "never ran",
                 _last_success(j),
-                _time(j.next_start) if j.scheduled else "paused",
+                format_time(j.next_start) if j.scheduled else "paused",
                 str(j.total_runs),
                 str(j.total_failures),
             ]
@@ -150,7 +151,7 @@ def render(health: RollupHealth) -> list[str]:
 
 
 def _future(health: RollupHealth) -> list[str]:
-    ahead = f"dated more than {_duration(CLOCK_SKEW)} ahead of now"
+    ahead = f"dated more than {format_duration(CLOCK_SKEW)} ahead of now"
     lines = []
     for rollup in health.rollups:
         if rollup.future_buckets:
@@ -173,7 +174,7 @@ def _future(health: RollupHealth) -> list[str]:
 
 def _last_success(job: JobStatus) -> str:
     if job.last_successful_finish is not None:
-        return _time(job.last_successful_finish)
+        return format_time(job.last_successful_finish)
     return "never succeeded" if job.never_succeeded else "-"
 
 
@@ -183,7 +184,7 @@ def _plural(count: int, noun: str) -> str:
 
 def _time_or_infinity(value: datetime | None) -> str:
     # counted rows or buckets without a finite latest time are dated 'infinity'
-    return _time(value) if value is not None else "infinity"
+    return format_time(value) if value is not None else "infinity"
 
 
 def _settings(job: JobStatus) -> str:
@@ -196,32 +197,3 @@ def _settings(job: JobStatus) -> str:
     if job.kind == "retention":
         return f"drop after {config.get('drop_after')}"
     return ""
-
-
-def _time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S%z") if value is not None else "-"
-
-
-def _duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    sign = "-" if seconds < 0 else ""
-    seconds = abs(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{days}d"] if days else []
-    if hours:
-        parts.append(f"{hours}h")
-    if minutes:
-        parts.append(f"{minutes}m")
-    if seconds and not days:
-        parts.append(f"{seconds}s")
-    return sign + (" ".join(parts) or "0s")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    return [
-        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [list(header), *rows]
-    ]

@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from worker.cli.status import _duration, _table, _time
 from worker.demo.workload import KB_NAMES, MODELS
+from worker.formatting import format_duration, format_table, format_time
 
 _OVER_RANGE = """
 select dimension_type, dimension_value, metric_type, count, sum, avg, p50, p95, p99
@@ -17,16 +17,19 @@ from observability.metrics_over_range(%s, %s)
 where dimension_type in ('model', 'operation_type', 'kb', 'overall')
 """
 _FRESHNESS = """
-select rollup, granularity, watermark, lag_seconds, last_run_status, total_runs, total_failures
-from observability.rollup_freshness
-order by source, case granularity when 'hour' then 1 when 'day' then 2 else 3 end
+select f.rollup, f.granularity, f.watermark, f.lag_seconds, f.last_run_status, f.total_runs,
+  f.total_failures
+from observability.rollup_freshness as f
+join observability.granularities as g on g.name = f.granularity
+order by f.source, g.position
 """
 _AGGREGATES = """
-select granularity, pg_catalog.count(*), pg_catalog.min(bucket_time), pg_catalog.max(bucket_time),
-  pg_catalog.count(distinct metric_type)
-from observability.metrics_aggregates
-group by granularity
-order by case granularity when 'hour' then 1 when 'day' then 2 else 3 end
+select a.granularity, pg_catalog.count(*), pg_catalog.min(a.bucket_time),
+  pg_catalog.max(a.bucket_time), pg_catalog.count(distinct a.metric_type)
+from observability.metrics_aggregates as a
+join observability.granularities as g on g.name = a.granularity
+group by a.granularity, g.position
+order by g.position
 """
 _PROVIDERS = {model.name: model.provider for model in MODELS}
 
@@ -38,7 +41,7 @@ class Table:
     rows: list[list[str]]
 
     def lines(self) -> list[str]:
-        return [self.title, *_table(self.header, self.rows)]
+        return [self.title, *format_table(self.header, self.rows)]
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        lines = [f"workload {_time(self.start)} .. {_time(self.end)} (UTC)"]
+        lines = [f"workload {format_time(self.start)} .. {format_time(self.end)} (UTC)"]
         for table in self.tables:
             lines += ["", *table.lines()]
         return lines + ([""] + self.notes if self.notes else [])
@@ -145,7 +148,7 @@ def _freshness_table(conn: psycopg.Connection[Any]) -> Table:
         rows.append(
             [
                 f"observability.{rollup}",
-                _time(watermark),
+                format_time(watermark),
                 _lag(lag),
                 status or "not yet",
                 str(runs),
@@ -158,7 +161,7 @@ def _freshness_table(conn: psycopg.Connection[Any]) -> Table:
 
 def _aggregates_table(conn: psycopg.Connection[Any]) -> Table:
     rows = [
-        [granularity, _count(count), _time(first), _time(last), str(metrics)]
+        [granularity, _count(count), format_time(first), format_time(last), str(metrics)]
         for granularity, count, first, last, metrics in conn.execute(_AGGREGATES).fetchall()
     ]
     header = ["granularity", "rows", "first bucket", "last bucket", "metric types"]
@@ -170,7 +173,7 @@ def _lag(seconds: float | None) -> str:
         return "not materialized"
     if seconds <= 0:
         return "none"
-    return _duration(timedelta(seconds=seconds))
+    return format_duration(timedelta(seconds=seconds))
 
 
 def _count(value: float | None) -> str:
@@ -203,4 +206,4 @@ def html_table(table: Table) -> str:
 
 
 def file_lines(paths: Sequence[tuple[str, str]]) -> list[str]:
-    return ["files", *_table(["what", "where"], [list(p) for p in paths])]
+    return ["files", *format_table(["what", "where"], [list(p) for p in paths])]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import string
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -30,39 +29,13 @@ where p.model = any(%s)
 order by p.effective_from desc, p.provider
 """
 
-# Provider names as instrumentations write them (gen_ai.provider.name, the older gen_ai.system,
-# OpenInference's llm.provider), with ASCII letters lowercased -> the provider of model_prices
-# rows. Azure OpenAI serves OpenAI's models at OpenAI's list prices. Any other name is matched
-# lowercased. observability.canonical_provider (sql/idempotent/006-model-prices.sql) holds the
-# same table.
-PROVIDER_ALIASES = {
-    "azure.ai.openai": "openai",
-    "az.ai.openai": "openai",
-    "azure_openai": "openai",
-    "azure-openai": "openai",
-    "gcp.gemini": "google",
-    "gcp.vertex_ai": "google",
-    "gcp.gen_ai": "google",
-    "vertex_ai": "google",
-    "vertexai": "google",
-    "gemini": "google",
-    "google_genai": "google",
-    "bedrock": "aws.bedrock",
-    "amazon_bedrock": "aws.bedrock",
-    "mistral": "mistral_ai",
-    "mistralai": "mistral_ai",
-}
-
-
-# ASCII letters only, as translate() in SQL does whatever the database's locale.
-_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def canonical_provider(provider: str | None) -> str | None:
-    if provider is None:
-        return None
-    name = provider.translate(_LOWER)
-    return PROVIDER_ALIASES.get(name, name)
+# Provider names as instrumentations write them (gen_ai.provider.name, gen_ai.system, ...) ->
+# the provider of model_prices rows, by observability.canonical_provider
+# (sql/idempotent/006-model-prices.sql), the one table of provider aliases.
+CANONICAL_SQL = """
+select p.name, observability.canonical_provider(p.name)
+from pg_catalog.unnest(%s::text[]) as p (name)
+"""
 
 
 _COLUMNS = {name: i for i, name in enumerate(SPAN.column_names)}
@@ -94,11 +67,13 @@ def price_spans(
         prices.setdefault(model, []).append((provider, effective_from, inp, out))
     if not prices:
         return rows
+    names = list({row[_PROVIDER] for row in rows if row[_PROVIDER] is not None})
+    canonical = dict(cur.execute(CANONICAL_SQL, [names]).fetchall()) if names else {}
     priced = []
     for row in rows:
         candidates = prices.get(row[_MODEL]) if _needs_price(row) else None
         if candidates:
-            cost = _cost(row, candidates)
+            cost = _cost(row, candidates, canonical.get(row[_PROVIDER]))
             if cost is not None and cost < COST_LIMIT:
                 row = _with_cost(row, cost)
             elif cost is not None and warnings is not None:
@@ -111,9 +86,9 @@ def price_spans(
 
 
 def _cost(
-    row: tuple[Any, ...], candidates: list[tuple[str, Any, Decimal, Decimal]]
+    row: tuple[Any, ...], candidates: list[tuple[str, Any, Decimal, Decimal]], wanted: str | None
 ) -> Decimal | None:
-    started, wanted = row[_STARTED], canonical_provider(row[_PROVIDER])
+    started = row[_STARTED]
     for provider, effective_from, inp, out in candidates:
         if effective_from <= started and (wanted is None or provider == wanted):
             total = (row[_INPUT] or 0) * inp + (row[_OUTPUT] or 0) * out

@@ -20,6 +20,7 @@ from worker.models.worker_state import (
     RUN_KINDS,
     RUN_STATUSES,
     AggregationRun,
+    GranularityRow,
     TraceExtent,
     WorkerLease,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Base",
     "ChatMessage",
     "DocumentEvent",
+    "GranularityRow",
     "MetricsAggregate",
     "ModelPrice",
     "ProviderSyncStatus",

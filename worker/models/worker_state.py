@@ -1,8 +1,17 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, Identity, Index, func, text
+from sqlalchemy import (
+    BigInteger,
+    Identity,
+    Index,
+    Interval,
+    SmallInteger,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.models.base import Base
@@ -52,3 +61,21 @@ class TraceExtent(Base):
     trace_id: Mapped[str] = mapped_column(primary_key=True)
     first_started_at: Mapped[datetime]
     last_started_at: Mapped[datetime]
+
+
+class GranularityRow(Base):
+    """A row of the granularity catalogue (mirrored by worker/models/granularities.py)."""
+
+    __tablename__ = "granularities"
+    __table_args__ = (
+        UniqueConstraint("position", name="granularities_position_key"),
+        UniqueConstraint("level", name="granularities_level_key"),
+    )
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger)
+    level: Mapped[str]
+    bucket_width: Mapped[timedelta] = mapped_column(Interval)
+    refresh_start_offset: Mapped[timedelta] = mapped_column(Interval)
+    refresh_end_offset: Mapped[timedelta] = mapped_column(Interval)
+    refresh_schedule: Mapped[timedelta] = mapped_column(Interval)

@@ -13,9 +13,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.monitoring.health import CLOCK_SKEW, rollup_health
+from worker.clock import CLOCK_SKEW
+from worker.monitoring.health import rollup_health
 
-log = logging.getLogger("worker.monitoring.metrics")
+log = logging.getLogger("worker.rollups.metrics")
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -163,7 +164,7 @@ def restore_last_successes(database_url: str | None) -> None:
     """Seed observability_aggregation_last_success from the recorded runs."""
     if not database_url:
         return
-    from worker.monitoring.metrics import restore_last_success
+    from worker.rollups.metrics import restore_last_success
     from worker.rollups.runs import last_successes
 
     try:

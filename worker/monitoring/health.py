@@ -7,13 +7,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from worker.clock import CLOCK_SKEW
+from worker.models import SCHEMA
+from worker.models.granularities import BY_LEVEL, CATALOGUE
 from worker.schema.sqltemplate import recorded_sketch
-
-SCHEMA = "observability"
-
-# How far ahead of the database clock a timestamp may be and still count as now: writers'
-# clocks drift. Rows and buckets dated later are counted apart, never as fresh data.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -150,14 +147,12 @@ _KINDS = {
     "policy_retention": "retention",
 }
 
-# Rollup level order for display: hour before day before week, then the name.
-_LEVELS = {"hourly": 0, "daily": 1, "weekly": 2}
-
 
 def _level(name: str) -> tuple[str, int]:
+    """Display order: by source, then hour before day before week."""
     stem, _, level = name.rpartition("_")
-    if level in _LEVELS:
-        return (stem, _LEVELS[level])
+    if level in BY_LEVEL:
+        return (stem, CATALOGUE.index(BY_LEVEL[level]))
     return (name, -1)
 
 

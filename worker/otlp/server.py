@@ -5,8 +5,7 @@ import contextlib
 import hmac
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -203,31 +202,3 @@ def _message(content_type: str, status: int, message: Message, **kwargs: Any) ->
 def _status(content_type: str, status: int, code: int, text: str, **kwargs: Any) -> Response:
     # OTLP/HTTP: an error response carries a google.rpc.Status in the request's encoding.
     return _message(content_type, status, status_pb2.Status(code=code, message=text), **kwargs)
-
-
-@contextlib.contextmanager
-def serve_in_thread(settings: Settings, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Runs the endpoint in a background thread; yields its base URL (http://host:port)."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    config = uvicorn.Config(create_app(settings), access_log=False, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the OTLP endpoint did not start")
-            time.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

@@ -126,7 +126,7 @@ class GranularityStatus:
 
 _STATUS = """
 select g.granularity, s.last_success, r.kind, r.status, r.started_at, r.error, r.done_until
-from unnest(array['hour', 'day', 'week']) with ordinality as g (granularity, position)
+from (select name as granularity, position from observability.granularities) as g
 left join lateral (
   select max(finished_at) as last_success from observability.aggregation_runs
   where granularity = g.granularity and status = 'succeeded' and kind = 'scheduled'

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -10,9 +9,9 @@ from typing import Any
 
 import psycopg
 
+from worker.clock import CLOCK_SKEW
 from worker.models.granularities import BY_NAME
-from worker.monitoring import metrics
-from worker.monitoring.health import CLOCK_SKEW
+from worker.rollups import metrics
 from worker.rollups.leases import LeaseBusy, acquire
 from worker.rollups.refresh import ConcurrentRefresh, refresh_rollups, retry_busy
 from worker.rollups.runs import (
@@ -32,8 +31,8 @@ from worker.rollups.windows import (
     check_granularity,
     default_window,
 )
-from worker.scheduling.settings import WorkerSettings
 from worker.schema.retention import raw_horizon
+from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker.rollups")
 
@@ -83,6 +82,7 @@ def aggregate_observability_metrics(
     now: datetime | None = None,
     force: bool = False,
     task_id: str | None = None,
+    settings: WorkerSettings | None = None,
 ) -> dict[str, Any]:
     """Refresh the rollups over a window and sync its rows into metrics_aggregates.
 
@@ -96,7 +96,15 @@ def aggregate_observability_metrics(
     now = now or datetime.now(UTC)
     if start is None and end is None:
         window = default_window(granularity, now)
-        return _run("scheduled", window, _url(database_url), now=now, force=force, task_id=task_id)
+        return _run(
+            "scheduled",
+            window,
+            _url(database_url),
+            now=now,
+            force=force,
+            task_id=task_id,
+            settings=settings,
+        )
     if start is None or end is None:
         raise InvalidWindow("pass both start and end, or neither (the latest complete buckets)")
     window = backfill_window(granularity, start, end, now)
@@ -108,6 +116,7 @@ def aggregate_observability_metrics(
         force=force,
         requested_start=start,
         task_id=task_id,
+        settings=settings,
     )
 
 
@@ -123,6 +132,7 @@ def backfill_metrics(
     wait_seconds: float = 0.0,
     progress: Progress | None = None,
     task_id: str | None = None,
+    settings: WorkerSettings | None = None,
 ) -> dict[str, Any]:
     """Walk [start, end) in bounded batches: refresh, sync, record progress after each batch.
 
@@ -145,14 +155,14 @@ def backfill_metrics(
         refresh_retries=BACKFILL_REFRESH_RETRIES,
         requested_start=start,
         task_id=task_id,
+        settings=settings,
     )
 
 
 def _url(database_url: str | None) -> str:
-    url = database_url or os.environ.get("DATABASE_URL")
-    if not url:
-        raise MissingDatabaseUrl("no database: pass database_url or set DATABASE_URL")
-    return url
+    if not database_url:
+        raise MissingDatabaseUrl("no database: pass database_url (DATABASE_URL, at the edge)")
+    return database_url
 
 
 def check_retention(
@@ -189,9 +199,11 @@ def _run(
     refresh_retries: int = 0,
     requested_start: datetime | None = None,
     task_id: str | None = None,
+    settings: WorkerSettings | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    settings = WorkerSettings.from_env()
+    # Callers read the environment at their edge; without settings, the defaults.
+    settings = settings or WorkerSettings.from_env({})
     counts = SyncCounts()
     outcome = "failure"
     resume_from = None

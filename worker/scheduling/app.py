@@ -10,8 +10,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.schedules import crontab
 
-from worker.scheduling.settings import WorkerSettings
 from worker.scheduling.tasks import AGGREGATE_TASK, register_tasks
+from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker.celery")
 
@@ -79,7 +79,7 @@ def _start_metrics_server(**_: Any) -> None:
         # Files left by an earlier worker would be merged into this one's numbers.
         shutil.rmtree(multiproc_dir, ignore_errors=True)
         Path(multiproc_dir).mkdir(parents=True, exist_ok=True)
-        from worker.monitoring.metrics import initialise_series
+        from worker.rollups.metrics import initialise_series
 
         initialise_series()
     if settings.metrics_port <= 0:

@@ -8,9 +8,9 @@ import psycopg
 from celery import Celery, Task
 
 from worker import rollups
-from worker.monitoring import metrics
+from worker.rollups import metrics
 from worker.rollups.windows import GRANULARITIES
-from worker.scheduling.settings import WorkerSettings
+from worker.settings import WorkerSettings
 
 # Task names are what brokers and beat schedules carry, so they stay fixed whichever module
 # defines the tasks.
@@ -53,6 +53,7 @@ def aggregate(
         _time(end),
         database_url=settings.database_url,
         task_id=task.request.id,
+        settings=settings,
     )
 
 
@@ -69,6 +70,7 @@ def backfill(
         database_url=settings.database_url,
         resume=True,
         task_id=task.request.id,
+        settings=settings,
     )
 
 
