@@ -1120,7 +1120,8 @@ def test_sql_cursor_fetches_5000_rows_in_batches(database_url: str) -> None:
         c.commit()
 
 
-# A documented limit of the embedded engine (README): one backend, one cursor namespace.
+# A documented limit of the embedded engine (docs/embedded-engine.md): one backend, one cursor
+# namespace.
 HOLD_BUG = "WITH HOLD cursor names are shared by all clients"
 
 
