@@ -224,13 +224,14 @@ def variable_problems(page: Page) -> list[str]:
 
 
 def metric_problems(page: Page) -> list[str]:
-    monitoring = "\n".join(p.read_text() for p in (ROOT / "worker/monitoring").glob("*.py"))
+    sources = [*(ROOT / "worker/monitoring").glob("*.py"), ROOT / "worker/rollups/metrics.py"]
+    monitoring = "\n".join(p.read_text() for p in sources)
     declared = set(re.findall(r"[\"'](observability_[a-z_]+)[\"']", monitoring))
     alerts = set(re.findall(r"alert:\s*(\w+)", (ROOT / "deploy/prometheus/alerts.yml").read_text()))
     problems = []
     for span in page.code_spans():
         if _METRIC.match(span) and span.removesuffix("_total") not in declared:
-            problems.append(f"`{span}`: no such metric in worker/monitoring/")
+            problems.append(f"`{span}`: no metric of that name in worker/")
         if _ALERT.match(span) and span not in alerts:
             problems.append(f"`{span}`: no such alert in deploy/prometheus/alerts.yml")
     return problems
@@ -300,7 +301,7 @@ def test_every_check_catches_what_it_is_for(tmp_path: Path) -> None:
         "```sh\npython -m worker backfill --from yesterday --granularity hour\n"
         "python -m bench --no-such-option\npython -m worker no-such-command\n"
         "make demo DEMO_ARGS='--traces-per-hour 0'\n"
-        "celery -A worker.scheduling.settings worker\n```\n\n"
+        "celery -A worker.settings worker\n```\n\n"
         "```python\ndef broken(:\n```\n\n```sql maybe\nselect 1;\n```\n"
     )
     bad = parse(page)

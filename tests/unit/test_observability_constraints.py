@@ -30,6 +30,7 @@ from worker.models import (
     Base,
     ChatMessage,
     DocumentEvent,
+    GranularityRow,
     MetricsAggregate,
     ModelPrice,
     ProviderSyncStatus,
@@ -316,9 +317,28 @@ def test_model_price_check_constraint_rejects_bad_row(
     assert_rejected(obs_session, caught.value, constraint, CHECK_VIOLATION)
 
 
+def test_a_granularity_refreshing_an_empty_window_is_refused(obs_session: Session) -> None:
+    # The catalogue is seeded data the fixtures keep, like model_prices: rejection only.
+    obs_session.add(
+        GranularityRow(
+            name="month",
+            position=4,
+            level="monthly",
+            bucket_width=timedelta(days=30),
+            refresh_start_offset=timedelta(days=1),
+            refresh_end_offset=timedelta(days=1),
+            refresh_schedule=timedelta(days=1),
+        )
+    )
+    with pytest.raises(IntegrityError) as caught:
+        obs_session.commit()
+    assert_rejected(obs_session, caught.value, "granularities_offsets_check", CHECK_VIOLATION)
+
+
 def test_every_check_constraint_has_a_bad_input_case() -> None:
     declared = declared_names().check_constraints - {"schema_migrations_sha256_format"}
-    assert {case[0] for case in ALL_CASES} | {case[0] for case in PRICE_CASES} == declared
+    covered = {case[0] for case in ALL_CASES} | {case[0] for case in PRICE_CASES}
+    assert covered | {"granularities_offsets_check"} == declared
 
 
 @pytest.mark.parametrize(
