@@ -22,8 +22,8 @@ from worker.otlp.server import Settings
 USER = "7d3c1a52-1b0e-4f9a-8a53-0e3f1f6c2b11"
 KB = "6f1c2b9e-3a57-4c0e-9d51-8f0a2b3c4d5e"
 TOKEN = "grpc-test-token"
-# Values set by the database itself (a sequence, a random id, the time of the insert) differ
-# between two deliveries of the same spans; every other column must not.
+# Values set by the database itself (a sequence or identity, a random id, the time of the
+# insert) differ between two deliveries of the same spans; every other column must not.
 GENERATED = ("nextval(", "gen_random_uuid(", "now()", "clock_timestamp(", "current_timestamp")
 
 
@@ -103,7 +103,7 @@ def stored_rows(url: str) -> dict[str, list[dict[str, Any]]]:
     whichever exist now), without the columns the database fills in itself, in a fixed order."""
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         columns = conn.execute(
-            "select c.table_name, c.column_name, c.column_default"
+            "select c.table_name, c.column_name, c.column_default, c.is_identity"
             " from information_schema.columns c"
             " join information_schema.tables t using (table_schema, table_name)"
             " where c.table_schema = 'observability' and t.table_type = 'BASE TABLE'"
@@ -114,12 +114,14 @@ def stored_rows(url: str) -> dict[str, list[dict[str, Any]]]:
         kept: dict[str, list[str]] = {}
         for column in columns:
             default = (column["column_default"] or "").lower()
-            if not any(marker in default for marker in GENERATED):
+            generated = column["is_identity"] == "YES" or any(m in default for m in GENERATED)
+            if not generated:
                 kept.setdefault(column["table_name"], []).append(column["column_name"])
         rows = {}
         for table, names in kept.items():
             listed = ", ".join(f'"{name}"' for name in names)
-            query = f"select {listed} from observability.{table} order by {listed}"
+            # As text, so that any column type orders (json has no ordering).
+            query = f"select {listed} from observability.{table} order by row({listed})::text"
             rows[table] = conn.execute(query.encode()).fetchall()
     return rows
 
