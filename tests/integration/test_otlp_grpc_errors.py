@@ -174,7 +174,10 @@ def test_database_down_is_unavailable_with_retry_info() -> None:
 
 
 def test_past_the_in_flight_limit_is_unavailable_with_retry_info(
-    migrated_database_url: str, clean_observability: str, monkeypatch: pytest.MonkeyPatch
+    migrated_database_url: str,
+    clean_observability: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Forcing the fault: the first request is held inside the store until released, so the
     # endpoint is at its limit of one request in flight for as long as the test needs.
@@ -198,6 +201,7 @@ def test_past_the_in_flight_limit_is_unavailable_with_retry_info(
         error = failure(lambda: stub.Export(make_request([sibling("second")]), timeout=30))
         assert_retry_info(error, 3)
         assert "busy (1 requests in flight)" in error.details()
+        assert "busy: 1 gRPC requests in flight, the limit; 1 answered UNAVAILABLE" in caplog.text
         release.set()
         first.result(timeout=30)
         stub.Export(make_request([sibling("third", "3333333333333333")]), timeout=30)

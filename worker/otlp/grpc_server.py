@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
@@ -31,6 +32,7 @@ DEFAULT_BUSY_RETRY_AFTER_S = 1
 # Threads beyond the in-flight limit: they only answer the requests past it, at once, instead
 # of leaving them queued inside the server until a thread is free.
 REFUSING_THREADS = 4
+LOG_BUSY_EVERY_S = 10.0
 
 SERVICE = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
 
@@ -67,15 +69,16 @@ class TraceReceiver(TraceServiceServicer):
         self.busy_retry_after_s = grpc_settings.busy_retry_after_s
         self.pool = pool
         self._slots = threading.BoundedSemaphore(self.limit)
+        self._busy_lock = threading.Lock()
+        self._busy_refused = 0  # since the last log line
+        self._busy_logged_at = -LOG_BUSY_EVERY_S
 
     def Export(self, request: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
         token = self.settings.token
         if token is not None and not bearer_token_matches(_authorization(context), token):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is needed")
         if not self._slots.acquire(blocking=False):
-            log.warning(
-                "busy: %d requests in flight, the limit; one answered UNAVAILABLE", self.limit
-            )
+            self._log_busy()
             _abort_unavailable(
                 context,
                 f"the endpoint is busy ({self.limit} requests in flight); retry later",
@@ -98,6 +101,20 @@ class TraceReceiver(TraceServiceServicer):
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             self._slots.release()
+
+    def _log_busy(self) -> None:
+        # Once in a while, with a count: a saturated endpoint refuses many requests a second.
+        with self._busy_lock:
+            self._busy_refused += 1
+            now = time.monotonic()
+            if now - self._busy_logged_at < LOG_BUSY_EVERY_S:
+                return
+            refused, self._busy_refused, self._busy_logged_at = self._busy_refused, 0, now
+        log.warning(
+            "busy: %d gRPC requests in flight, the limit; %d answered UNAVAILABLE",
+            self.limit,
+            refused,
+        )
 
 
 class GrpcReceiver:
