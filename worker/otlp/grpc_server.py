@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +72,7 @@ class TraceReceiver(TraceServiceServicer):
         self._slots = threading.BoundedSemaphore(self.limit)
         self._busy_lock = threading.Lock()
         self._busy_refused = 0  # since the last log line
-        self._busy_logged_at = -LOG_BUSY_EVERY_S
+        self._busy_logged_at = -math.inf
 
     def Export(self, request: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
         token = self.settings.token
