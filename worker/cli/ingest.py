@@ -143,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             receiver = GrpcReceiver(settings, grpc_settings, args.host)
         except RuntimeError as exc:
-            log.error("cannot serve OTLP/gRPC on %s: %s", address(args.host, grpc_port_number), exc)
+            log.error(
+                "cannot serve OTLP/gRPC on %s: %s (is the port in use? pass --grpc-port with "
+                "another port, or off)",
+                address(args.host, grpc_port_number),
+                exc,
+            )
             return 2
         receiver.start()
         log.info(
