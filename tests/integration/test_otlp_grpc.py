@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,7 +20,10 @@ from psycopg.rows import dict_row
 
 from tests.observability_db import empty_observability
 from tests.otlp_server import serve_grpc, serve_in_thread
+from worker.embedded.engine import EmbeddedEngine
+from worker.otlp import grpc_server
 from worker.otlp.server import Settings
+from worker.schema.migrate import migrate
 
 USER = "7d3c1a52-1b0e-4f9a-8a53-0e3f1f6c2b11"
 KB = "6f1c2b9e-3a57-4c0e-9d51-8f0a2b3c4d5e"
@@ -78,7 +84,8 @@ def agent_turn(tracer: Tracer) -> None:
 
 
 def export_grpc(target: str, spans: Sequence[ReadableSpan], **kwargs: Any) -> SpanExportResult:
-    exporter = grpc_exporter.OTLPSpanExporter(endpoint=target, insecure=True, timeout=30, **kwargs)
+    kwargs.setdefault("timeout", 30)
+    exporter = grpc_exporter.OTLPSpanExporter(endpoint=target, insecure=True, **kwargs)
     try:
         return exporter.export(spans)
     finally:
@@ -193,9 +200,6 @@ def test_official_exporter_waits_out_a_busy_endpoint(
 ) -> None:
     # UNAVAILABLE with retry info is retried by the exporter after the delay it names, so a
     # request refused while the endpoint is at its limit is delivered once it has room.
-    import threading
-
-    import worker.otlp.grpc_server as grpc_server
 
     entered, release = threading.Event(), threading.Event()
     real = grpc_server.store_request
@@ -221,3 +225,32 @@ def test_official_exporter_waits_out_a_busy_endpoint(
         holder.join(30)
     assert results == [SpanExportResult.SUCCESS]
     assert fetch(clean_observability, "select count(*) as n from observability.spans") == [{"n": 8}]
+
+
+def test_official_exporter_delivers_once_the_database_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The exporter waits the retry delay the endpoint names, so an outage shorter than its
+    # retries loses nothing. 20 s: its six tries then span 100 s, room for the engine to start
+    # and migrate on a loaded machine.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+    recorded = record(agent_turn)
+    results: list[SpanExportResult] = []
+    with serve_grpc(Settings(url, pool_timeout_s=1, retry_after_s=20)) as target:
+        sender = threading.Thread(
+            target=lambda: results.append(export_grpc(target, recorded, timeout=180))
+        )
+        sender.start()
+        deadline = time.monotonic() + 30
+        while "database unavailable" not in caplog.text:
+            assert time.monotonic() < deadline, "the first export was not refused"
+            time.sleep(0.1)
+        with EmbeddedEngine(port=port, log_path=tmp_path / "engine.log") as engine:
+            migrate(engine.url)
+            sender.join(180)
+            assert results == [SpanExportResult.SUCCESS]
+            stored = fetch(engine.url, "select count(*) as n from observability.spans")
+    assert stored == [{"n": 4}]
