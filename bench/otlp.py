@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import psycopg
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from bench.common import (
     GroupResult,
@@ -105,6 +107,7 @@ def genai_batch(number: int, size: int = BATCH) -> bytes:
 class Endpoint:
     process: subprocess.Popen[bytes]
     url: str
+    grpc_target: str
 
     def peak_rss_bytes(self) -> int | None:
         try:
@@ -119,10 +122,9 @@ class Endpoint:
 
 @contextmanager
 def endpoint(database_url: str, max_body_bytes: int | None = None) -> Iterator[Endpoint]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port, grpc_port = free_port(), free_port()
     command = [sys.executable, "-m", "worker", "ingest", "--port", str(port)]
+    command += ["--grpc-port", str(grpc_port)]
     command += ["--database-url", database_url]
     if max_body_bytes is not None:
         command += ["--max-body-bytes", str(max_body_bytes)]
@@ -142,7 +144,7 @@ def endpoint(database_url: str, max_body_bytes: int | None = None) -> Iterator[E
             if time.monotonic() > deadline:
                 raise RuntimeError("the ingest process did not start within 60 s")
             time.sleep(0.1)
-        yield Endpoint(process, url)
+        yield Endpoint(process, url, f"127.0.0.1:{grpc_port}")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -150,6 +152,27 @@ def endpoint(database_url: str, max_body_bytes: int | None = None) -> Iterator[E
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def send_grpc(target: str, bodies: Iterator[bytes]) -> None:
+    """Exports every body over OTLP/gRPC, one at a time, as one exporter does."""
+    with grpc.insecure_channel(
+        target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        export = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        for body in bodies:
+            answer = export(body, timeout=300)
+            if answer.HasField("partial_success"):
+                raise RuntimeError(f"the endpoint refused spans: {answer.partial_success}")
 
 
 def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
@@ -190,9 +213,12 @@ def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
 class Rates:
     insert_select_s: list[float] = field(default_factory=list)
     otlp_s: list[float] = field(default_factory=list)
+    grpc_s: list[float] = field(default_factory=list)
     insert_select_spans_per_s: float | None = None
     otlp_spans_per_s: float | None = None
+    grpc_spans_per_s: float | None = None
     ratio: float | None = None
+    grpc_ratio: float | None = None
 
 
 def empty(conn: psycopg.Connection[Any]) -> None:
@@ -211,6 +237,7 @@ def measure_rates(conn: psycopg.Connection[Any], url: str, opts: Options, n: int
     rates = Rates()
     with endpoint(url) as server:
         send(server.url, iter([genai_batch(10_000)]))  # warm-up: pool, plans, price lookup
+        send_grpc(server.grpc_target, iter([genai_batch(10_001)]))
         conn.execute(INSERT_SELECT_SQL, insert_select_params(BATCH))
         empty(conn)
         for run in range(1, opts.repeat + 1):
@@ -225,15 +252,26 @@ def measure_rates(conn: psycopg.Connection[Any], url: str, opts: Options, n: int
             if stored != n:
                 raise RuntimeError(f"OTLP run stored {stored:,} spans, expected {n:,}")
             empty(conn)
+            began = time.perf_counter()
+            send_grpc(server.grpc_target, iter(bodies))
+            rates.grpc_s.append(time.perf_counter() - began)
+            stored = count_spans(conn)
+            if stored != n:
+                raise RuntimeError(f"OTLP/gRPC run stored {stored:,} spans, expected {n:,}")
+            empty(conn)
             progress(
                 f"  run {run}/{opts.repeat}: INSERT ... SELECT {rates.insert_select_s[-1]:.2f}s, "
-                f"OTLP {rates.otlp_s[-1]:.2f}s"
+                f"OTLP/HTTP {rates.otlp_s[-1]:.2f}s, OTLP/gRPC {rates.grpc_s[-1]:.2f}s"
             )
     base, otlp = median(rates.insert_select_s), median(rates.otlp_s)
+    over_grpc = median(rates.grpc_s)
     rates.insert_select_spans_per_s = n / base if base else None
     rates.otlp_spans_per_s = n / otlp if otlp else None
+    rates.grpc_spans_per_s = n / over_grpc if over_grpc else None
     if rates.insert_select_spans_per_s and rates.otlp_spans_per_s:
         rates.ratio = rates.otlp_spans_per_s / rates.insert_select_spans_per_s
+    if rates.insert_select_spans_per_s and rates.grpc_spans_per_s:
+        rates.grpc_ratio = rates.grpc_spans_per_s / rates.insert_select_spans_per_s
     return rates
 
 
@@ -323,6 +361,12 @@ def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> 
             fmt_rate(rates.otlp_spans_per_s),
             fmt_ratio(rates.ratio),
         ],
+        [
+            f"OTLP/gRPC protobuf, {BATCH:,} spans per request, 1 client",
+            fmt_seconds(median(rates.grpc_s)),
+            fmt_rate(rates.grpc_spans_per_s),
+            fmt_ratio(rates.grpc_ratio),
+        ],
     ]
     table = render_table(
         f"OTLP ingest: {n:,} GenAI spans on {target}, median of {opts.repeat}",
@@ -338,8 +382,8 @@ def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> 
         "",
         f"goal: OTLP >= {GOAL:.2f} x in-engine INSERT ... SELECT: {verdict} "
         f"({fmt_ratio(rates.ratio)})",
-        "The OTLP path covers HTTP, protobuf decoding, mapping, the bulk writer (validation, "
-        "pricing, upsert), trace rows for root spans and the trace totals update.",
+        "The OTLP paths cover the transport, protobuf decoding, mapping, the bulk writer "
+        "(validation, pricing, upsert), trace rows for root spans and the trace totals update.",
         f"ingest process peak RSS (VmHWM) while receiving {memory.payload_bytes / mib:,.0f} MiB "
         f"({memory.spans:,} spans, {memory.seconds:.1f}s): "
         + (f"{peak / mib:,.0f} MiB" if peak else "-")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from worker.otlp.grpc_server import GrpcReceiver, GrpcSettings
 from worker.otlp.server import Settings, create_app
 
 
@@ -32,3 +33,16 @@ def serve_in_thread(settings: Settings, host: str = "127.0.0.1", port: int = 0) 
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_grpc(
+    settings: Settings, grpc_settings: GrpcSettings | None = None, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Runs the OTLP/gRPC endpoint on a free port; yields its target (host:port)."""
+    receiver = GrpcReceiver(settings, grpc_settings or GrpcSettings(port=0), host)
+    receiver.start()
+    try:
+        yield f"{host}:{receiver.port}"
+    finally:
+        receiver.stop(grace_s=5)

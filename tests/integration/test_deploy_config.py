@@ -194,3 +194,26 @@ def test_the_image_has_what_it_needs_at_run_time() -> None:
     dockerfile = (ROOT / "deploy/Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile
     assert "pip install --no-deps /src" in dockerfile
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    """Container ports, from the short syntax (docker-compose v1) or the long one (v2)."""
+    ports = set()
+    for port in service.get("ports", []):
+        target = port["target"] if isinstance(port, dict) else port.split(":")[-1].split("/")[0]
+        ports.add(int(target))
+    return ports
+
+
+def test_ingest_serves_otlp_http_and_grpc() -> None:
+    from worker.cli.main import build_parser
+
+    ingest = resolved()["services"]["ingest"]
+    command = command_of(ingest)
+    assert command[:4] == ["python", "-m", "worker", "ingest"]
+    args = build_parser().parse_args(command[3:])
+    assert (args.port, args.grpc_port) == (4318, 4317)
+    assert published_ports(ingest) == {4318, 4317}
+    health = " ".join(ingest["healthcheck"]["test"])
+    assert "4318" in health and "4317" in health
+    assert "EXPOSE 9808 4318 4317" in (ROOT / "deploy/Dockerfile").read_text()

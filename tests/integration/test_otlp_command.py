@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import psycopg
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 
 from tests.otlp_encode import make_request, make_span
 
@@ -24,7 +27,7 @@ def free_port() -> int:
 
 
 def test_ingest_command_serves_and_stops(clean_observability: str) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {**os.environ, "OBSERVABILITY_INGEST_TOKEN": TOKEN}
     process = subprocess.Popen(
         [
@@ -34,6 +37,8 @@ def test_ingest_command_serves_and_stops(clean_observability: str) -> None:
             "ingest",
             "--port",
             str(port),
+            "--grpc-port",
+            str(grpc_port),
             "--database-url",
             clean_observability,
         ],  # fmt: skip
@@ -64,6 +69,19 @@ def test_ingest_command_serves_and_stops(clean_observability: str) -> None:
         assert httpx.post(f"{base}/v1/traces", content=body, headers=headers).status_code == 200
         with psycopg.connect(clean_observability, autocommit=True) as conn:
             assert conn.execute("select name from observability.traces").fetchall() == [("turn",)]
+        # The same process serves OTLP/gRPC, with the same token.
+        other = make_span("1af7651916cd43dd8448eb211c80319c", "c7ad6b7169203331", "grpc turn",
+                          start, start + 10**9)  # fmt: skip
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = TraceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Export(make_request([other]), timeout=30)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            metadata = (("authorization", f"Bearer {TOKEN}"),)
+            stub.Export(make_request([other]), metadata=metadata, timeout=30)
+        with psycopg.connect(clean_observability, autocommit=True) as conn:
+            names = conn.execute("select name from observability.traces order by name").fetchall()
+            assert names == [("grpc turn",), ("turn",)]
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -71,3 +89,19 @@ def test_ingest_command_serves_and_stops(clean_observability: str) -> None:
     assert process.returncode == 130, stderr
     assert "Application shutdown complete" in stderr
     assert f"http://127.0.0.1:{port}/v1/traces (bearer token required)" in stderr
+    assert f"OTLP/gRPC endpoint on 127.0.0.1:{grpc_port} (bearer token required)" in stderr
+
+
+def test_a_grpc_port_in_use_stops_the_command(migrated_database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        env = {**os.environ, "OBSERVABILITY_GRPC_PORT": str(busy)}
+        command = [sys.executable, "-m", "worker", "ingest", "--port", str(free_port()),
+                   "--database-url", migrated_database_url]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=ROOT_DIR, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve OTLP/gRPC on 127.0.0.1:{busy}" in done.stderr

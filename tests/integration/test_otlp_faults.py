@@ -13,7 +13,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 import worker.ingest
-import worker.otlp.server
+import worker.otlp.export
 from tests.otlp_encode import make_request, make_span
 from tests.otlp_server import serve_in_thread
 from worker.otlp.mapping import map_request
@@ -177,7 +177,7 @@ def test_a_request_is_written_in_chunks(
 def test_concurrent_requests_are_bounded(
     migrated_database_url: str, clean_observability: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = worker.otlp.server.iter_batches
+    real = worker.otlp.export.iter_batches
     lock = threading.Lock()
     active = [0, 0]  # now, most at once
 
@@ -192,7 +192,7 @@ def test_concurrent_requests_are_bounded(
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(worker.otlp.server, "iter_batches", slow)
+    monkeypatch.setattr(worker.otlp.export, "iter_batches", slow)
     requests = [
         make_request([make_span(f"{n + 1:032x}", ROOT, f"r{n}", START, START + 1)])
         for n in range(6)

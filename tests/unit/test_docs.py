@@ -34,7 +34,11 @@ from worker.cli.main import build_parser as worker_parser
 GENERATED = (".demo", ".venv", ".env", "engine/node_modules", "bench/results")
 TOP_LEVEL = {p.name for p in ROOT.iterdir() if p.name != ".git"} | {".demo", ".venv", ".env"}
 # Named by the docs, read by other programs than ours.
-FOREIGN_VARIABLES = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"}
+FOREIGN_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+}
 SOURCE_GLOBS = (
     "worker/**/*.py", "tests/**/*.py", "bench/**/*.py", "sql/**/*.sql", "deploy/**/*",
     "engine/*.mjs", "engine/lib/*.mjs", "Makefile", "docker-compose.yml", ".env.example",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli.ingest import TOKEN_ENV, is_loopback
+from worker.cli.ingest import GRPC_IN_FLIGHT_ENV, GRPC_PORT_ENV, TOKEN_ENV, is_loopback
 from worker.cli.main import build_parser, main
 
 
@@ -17,8 +17,28 @@ def test_ingest_arguments_and_defaults() -> None:
     assert args.max_concurrent_requests == 2
 
 
+def test_grpc_arguments() -> None:
+    args = build_parser().parse_args(["ingest"])
+    # None: the environment variable, else 4317, decides when the command runs.
+    assert (args.grpc_port, args.grpc_max_requests_in_flight) == (None, None)
+    args = build_parser().parse_args(
+        ["ingest", "--grpc-port", "5317", "--grpc-max-requests-in-flight", "3"]
+    )
+    assert (args.grpc_port, args.grpc_max_requests_in_flight) == (5317, 3)
+    for off in ("off", "OFF", "0"):
+        assert build_parser().parse_args(["ingest", "--grpc-port", off]).grpc_port == 0
+
+
 @pytest.mark.parametrize(
-    "argv", [["--port", "70000"], ["--max-body-bytes", "0"], ["--max-concurrent-requests", "0"]]
+    "argv",
+    [
+        ["--port", "70000"],
+        ["--max-body-bytes", "0"],
+        ["--max-concurrent-requests", "0"],
+        ["--grpc-port", "70000"],
+        ["--grpc-port", "on"],
+        ["--grpc-max-requests-in-flight", "0"],
+    ],
 )
 def test_ingest_rejects_bad_numbers(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
@@ -59,3 +79,34 @@ def test_ingest_needs_a_database(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert main(["ingest"]) == 2
     assert "no database" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (GRPC_PORT_ENV, "grpc", "must be a port number or 'off'"),
+        (GRPC_PORT_ENV, "65536", "must be a port number or 'off'"),
+        (GRPC_IN_FLIGHT_ENV, "0", "must be a whole number, at least 1"),
+    ],
+)
+def test_bad_grpc_environment_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["ingest", "--database-url", "postgresql://nowhere/db"]) == 2
+    assert f"{variable} {message}" in caplog.text
+
+
+def test_non_loopback_without_token_refuses_grpc_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One address for both endpoints, so one rule: the gRPC endpoint is never served open.
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.setenv(GRPC_PORT_ENV, "4317")
+    argv = ["ingest", "--host", "::", "--port", "0", "--database-url", "postgresql://nowhere/db"]
+    assert main(argv) == 2
+    assert "refusing to listen on :: without a bearer token" in caplog.text

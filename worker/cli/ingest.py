@@ -17,18 +17,34 @@ log = logging.getLogger("worker.ingest")
 
 TOKEN_ENV = "OBSERVABILITY_INGEST_TOKEN"
 MAX_FUTURE_ENV = "OBSERVABILITY_MAX_FUTURE_SECONDS"
+GRPC_PORT_ENV = "OBSERVABILITY_GRPC_PORT"
+GRPC_IN_FLIGHT_ENV = "OBSERVABILITY_GRPC_MAX_REQUESTS_IN_FLIGHT"
+# Kept here, not imported from worker.otlp.grpc_server, so that parsing the command line does
+# not load gRPC.
+DEFAULT_GRPC_PORT = 4317
+DEFAULT_GRPC_IN_FLIGHT = 8
 
 
 def register(subparsers: SubParsers) -> None:
     ingest = subparsers.add_parser(
         "ingest",
-        help="serve the OTLP/HTTP traces endpoint (POST /v1/traces)",
+        help="serve the OTLP traces endpoints (HTTP POST /v1/traces, gRPC TraceService/Export)",
         description="Receive OpenTelemetry traces over OTLP/HTTP (protobuf or JSON, optionally "
-        "gzip) on POST /v1/traces and store them as traces and spans. A bearer token is "
-        "required when the endpoint listens on anything but loopback.",
+        "gzip) on POST /v1/traces and over OTLP/gRPC (TraceService/Export, optionally gzip), "
+        "and store them as traces and spans. A bearer token is required when the endpoints "
+        "listen on anything but loopback.",
     )
     ingest.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    ingest.add_argument("--port", type=_port, default=4318, help="TCP port (default: 4318)")
+    ingest.add_argument(
+        "--port", type=_port, default=4318, help="TCP port of OTLP/HTTP (default: 4318)"
+    )
+    ingest.add_argument(
+        "--grpc-port",
+        type=grpc_port,
+        default=None,
+        help="TCP port of OTLP/gRPC, on the same address; 0 or 'off' serves no gRPC "
+        f"(default: the {GRPC_PORT_ENV} environment variable, else {DEFAULT_GRPC_PORT})",
+    )
     add_database_url(ingest)
     ingest.add_argument(
         "--max-body-bytes",
@@ -43,7 +59,10 @@ def register(subparsers: SubParsers) -> None:
         help=f"bearer token clients must send (default: the {TOKEN_ENV} environment variable)",
     )
     ingest.add_argument(
-        "--pool-size", type=_positive, default=4, help="database connections (default: 4)"
+        "--pool-size",
+        type=_positive,
+        default=4,
+        help="database connections of each endpoint, HTTP and gRPC (default: 4)",
     )
     ingest.add_argument(
         "--max-concurrent-requests",
@@ -51,6 +70,14 @@ def register(subparsers: SubParsers) -> None:
         default=4,
         help="requests processed at once; others wait before their body is read. Each takes "
         "about 6 times its body size in memory while it is processed (default: 4)",
+    )
+    ingest.add_argument(
+        "--grpc-max-requests-in-flight",
+        type=_positive,
+        default=None,
+        help="gRPC requests processed at once; past it a request is answered UNAVAILABLE with "
+        "a retry delay at once, and OTLP exporters retry it "
+        f"(default: the {GRPC_IN_FLIGHT_ENV} environment variable, else {DEFAULT_GRPC_IN_FLIGHT})",
     )
     ingest.add_argument(
         "--max-future-seconds",
@@ -92,6 +119,43 @@ def run(args: argparse.Namespace) -> int:
         pool_size=args.pool_size,
         max_concurrent_requests=args.max_concurrent_requests,
     )
+    try:
+        grpc_port_number = (
+            args.grpc_port
+            if args.grpc_port is not None
+            else grpc_port(os.environ.get(GRPC_PORT_ENV) or str(DEFAULT_GRPC_PORT))
+        )
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        log.error("%s must be a port number or 'off': %s", GRPC_PORT_ENV, exc)
+        return 2
+    try:
+        grpc_in_flight = args.grpc_max_requests_in_flight or _positive(
+            os.environ.get(GRPC_IN_FLIGHT_ENV) or str(DEFAULT_GRPC_IN_FLIGHT)
+        )
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        log.error("%s must be a whole number, at least 1: %s", GRPC_IN_FLIGHT_ENV, exc)
+        return 2
+    receiver = None
+    if grpc_port_number:
+        from worker.otlp.grpc_server import GrpcReceiver, GrpcSettings, address
+
+        grpc_settings = GrpcSettings(port=grpc_port_number, max_requests_in_flight=grpc_in_flight)
+        try:
+            receiver = GrpcReceiver(settings, grpc_settings, args.host)
+        except RuntimeError as exc:
+            log.error(
+                "cannot serve OTLP/gRPC on %s: %s (is the port in use? pass --grpc-port with "
+                "another port, or off)",
+                address(args.host, grpc_port_number),
+                exc,
+            )
+            return 2
+        receiver.start()
+        log.info(
+            "OTLP/gRPC endpoint on %s (bearer token %s)",
+            address(args.host, receiver.port),
+            "required" if token else "off",
+        )
     log.info(
         "OTLP/HTTP endpoint on http://%s:%d/v1/traces (bearer token %s)",
         args.host,
@@ -105,7 +169,11 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         log_level="debug" if args.verbose else "info",
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if receiver is not None:
+            receiver.stop()
     return 0
 
 
@@ -130,3 +198,10 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
     return value
+
+
+def grpc_port(text: str) -> int:
+    """A port number; 0 (also written "off") turns the endpoint off."""
+    if text.strip().lower() == "off":
+        return 0
+    return _port(text)

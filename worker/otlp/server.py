@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -14,23 +13,24 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from worker.ingest.errors import is_unavailable
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE
 from worker.otlp.body import DEFAULT_MAX_BODY_BYTES, ENCODINGS, TooLarge, read_body
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
-from worker.otlp.mapping import CHUNK_SPANS, iter_batches
-from worker.otlp.store import store
+from worker.otlp.export import (
+    Unavailable,
+    bearer_token_matches,
+    connection_pool,
+    store_request,
+)
+from worker.otlp.mapping import CHUNK_SPANS
 
 log = logging.getLogger("worker.otlp")
-
-MAX_LISTED_REASONS = 10
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,9 @@ class Settings:
     max_future: timedelta = DEFAULT_MAX_FUTURE
 
 
-class _Unavailable(Exception):
-    pass
-
-
 def create_app(settings: Settings) -> Starlette:
-    pool = ConnectionPool(
-        settings.database_url,
-        min_size=1,
-        max_size=settings.pool_size,
-        timeout=settings.pool_timeout_s,
-        kwargs={"connect_timeout": max(1, int(settings.pool_timeout_s))},
-        open=False,
-        name="otlp-ingest",
+    pool = connection_pool(
+        settings.database_url, settings.pool_size, settings.pool_timeout_s, "otlp-ingest"
     )
 
     requests = asyncio.Semaphore(settings.max_concurrent_requests)
@@ -78,38 +68,7 @@ def create_app(settings: Settings) -> Starlette:
 
     def process(body: bytes, content_type: str) -> ExportTraceServiceResponse:
         decoded = decode_request(body, content_type)
-        reasons: list[str] = []
-        warnings: list[str] = []
-        rejected_spans = 0
-        try:
-            with contextlib.ExitStack() as stack:
-                conn = None
-                # One chunk of rows at a time: a request's rows take many times its size.
-                for batch in iter_batches(decoded, settings.chunk_spans):
-                    rejected_spans += len(batch.rejected)
-                    reasons += batch.rejected
-                    if batch.warnings:
-                        warnings += batch.warnings
-                    if not (batch.spans or batch.traces):
-                        continue
-                    if conn is None:
-                        conn = stack.enter_context(pool.connection())
-                    stored = store(conn, batch, settings.max_future)
-                    rejected_spans += sum(1 for r in stored.refused if r.kind == "span")
-                    reasons += [r.reason for r in stored.refused]
-                    warnings += stored.warnings
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise _Unavailable(str(exc)) from exc
-            raise
-        response = ExportTraceServiceResponse()
-        if reasons or warnings:
-            partial = response.partial_success
-            partial.rejected_spans = rejected_spans
-            partial.error_message = _summary(reasons, warnings)
-        if reasons:
-            log.info("%d of the request's items rejected: %s", len(reasons), reasons[0])
-        return response
+        return store_request(pool, decoded, settings.chunk_spans, settings.max_future)
 
     async def export(request: Request) -> Response:
         content_type = _media_type(request.headers.get("content-type", ""))
@@ -135,7 +94,7 @@ def create_app(settings: Settings) -> Starlette:
             return _status(reply, 413, code_pb2.RESOURCE_EXHAUSTED, str(exc))
         except MalformedPayload as exc:
             return _status(reply, 400, code_pb2.INVALID_ARGUMENT, str(exc))
-        except _Unavailable as exc:
+        except Unavailable as exc:
             log.warning("database unavailable: %s", exc)
             return _status(
                 reply,
@@ -170,25 +129,7 @@ def _media_type(header: str) -> str:
 
 
 def _authorized(request: Request, token: str) -> bool:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        credentials.strip().encode(), token.encode()
-    )
-
-
-def _summary(reasons: list[str], warnings: list[str]) -> str:
-    parts = []
-    if reasons:
-        shown = "; ".join(reasons[:MAX_LISTED_REASONS])
-        more = len(reasons) - MAX_LISTED_REASONS
-        tail = f"; and {more} more" if more > 0 else ""
-        parts.append(f"{len(reasons)} rejected: {shown}{tail}")
-    if warnings:
-        shown = ", ".join(warnings[:MAX_LISTED_REASONS])
-        more = len(warnings) - MAX_LISTED_REASONS
-        tail = f", and {more} more" if more > 0 else ""
-        parts.append(f"accepted with changes: {shown}{tail}")
-    return ". ".join(parts)
+    return bearer_token_matches(request.headers.get("authorization", ""), token)
 
 
 def _message(content_type: str, status: int, message: Message, **kwargs: Any) -> Response:
