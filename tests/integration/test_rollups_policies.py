@@ -28,7 +28,7 @@ WINDOWS = {
     "daily": (timedelta(days=5), timedelta(hours=1), timedelta(hours=1)),
     "weekly": (timedelta(weeks=3), timedelta(days=1), timedelta(hours=6)),
 }
-RAW = ("traces", "spans", "document_events")
+RAW = ("traces", "spans", "span_events", "document_events")
 JOB_TIMEOUT = 90.0
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import uuid
@@ -239,7 +240,8 @@ def _parse_span(raw: Any, span: Span) -> str | None:
             ids[snake] = _hex_id(hex_id, size)
         except ValueError as exc:
             return f"{name} {exc}"
-    raw.pop("links", None)  # links carry hex ids too and are not stored
+    if "links" in raw:
+        raw["links"] = _links(raw["links"])
     error = _parse_dict(raw, span)
     if error and _scrubbed(scrub_span, raw):
         span.Clear()
@@ -249,6 +251,28 @@ def _parse_span(raw: Any, span: Span) -> str | None:
     for snake, value in ids.items():
         setattr(span, snake, value)
     return None
+
+
+def _links(links: Any) -> Any:
+    """Links with their hex ids as the base64 that the protobuf JSON mapping reads. An id that
+    is not hex becomes empty: the mapper drops that link with a warning, not the span."""
+    if not isinstance(links, list):
+        return links  # refused by the parser, with its reason
+    converted = []
+    for link in links:
+        if isinstance(link, dict):
+            link = dict(link)
+            for name, size in (("traceId", 16), ("spanId", 8)):
+                snake = _SNAKE[name]
+                key = name if name in link else snake if snake in link else None
+                if key is None:
+                    continue
+                try:
+                    link[key] = base64.b64encode(_hex_id(link[key], size)).decode("ascii")
+                except ValueError:
+                    link[key] = ""
+        converted.append(link)
+    return converted
 
 
 def _parse_dict(value: dict[str, Any], target: Message) -> str | None:
