@@ -111,7 +111,8 @@ $$;
 -- The links of a trace's spans to other spans (direction 'out'), and the links of other
 -- traces' spans to this trace ('in': fan-in, a follow-up run, an agent handing work back).
 -- Incoming links are looked for among spans that carry links and started between search_from
--- and search_to, by default from a day before the trace's first span to a day after its last.
+-- and search_to, by default from a day before the trace's first span to a day after its last
+-- (for a trace with no stored span, only within a window given).
 --   select * from observability.trace_links('4bf92f3577b34da6a3ce929d0e0e4736');
 create or replace function observability.trace_links
   (in_trace text, search_from timestamptz default null, search_to timestamptz default null)
@@ -128,13 +129,14 @@ language sql stable parallel safe as $$
   union all
   select 'in', s.trace_id, s.span_id, s.name, l.link ->> 'trace_id', l.link ->> 'span_id',
     coalesce(l.link -> 'attributes', '{}'::jsonb)
-  from observability.trace_extents as x
-  join observability.spans as s
-    on s.links <> '[]'::jsonb
-    and s.started_at >= coalesce(search_from, x.first_started_at - interval '1 day')
-    and s.started_at <= coalesce(search_to, x.last_started_at + interval '1 day')
+  from observability.spans as s
+  cross join lateral pg_catalog.jsonb_array_elements(s.links) as l (link)
+  where s.links <> '[]'::jsonb
+    and s.started_at >= coalesce(search_from, (select x.first_started_at - interval '1 day'
+      from observability.trace_extents as x where x.trace_id = in_trace))
+    and s.started_at <= coalesce(search_to, (select x.last_started_at + interval '1 day'
+      from observability.trace_extents as x where x.trace_id = in_trace))
     and s.links @> pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('trace_id', in_trace))
     and s.trace_id <> in_trace
-  cross join lateral pg_catalog.jsonb_array_elements(s.links) as l (link)
-  where x.trace_id = in_trace and l.link ->> 'trace_id' = in_trace
+    and l.link ->> 'trace_id' = in_trace
 $$;

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, Status, StatusCode, Tracer, set_span_in_context
 from psycopg.rows import dict_row
 
+from tests.otlp_encode import make_request, make_span, otlp_json
 from tests.otlp_server import serve_in_thread
 from worker.ingest import DEFAULT_LIMITS
 from worker.otlp.server import Settings
@@ -336,3 +338,30 @@ def test_event_kinds(
             [name, psycopg.types.json.Jsonb(attributes)],
         ).fetchone()
     assert row == (kind,)
+
+
+def test_otlp_json_links_and_events_are_stored(endpoint: str, clean_observability: str) -> None:
+    trace, other = "0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"
+    span = make_span(trace, "b7ad6b7169203331", "fan-in", START, START + 10 * MS)
+    good = span.links.add(trace_id=bytes.fromhex(other), span_id=bytes.fromhex("00f067aa0ba902b7"))
+    good.attributes.add(key="k").value.string_value = "v"
+    span.links.add(trace_id=bytes.fromhex(other), span_id=bytes.fromhex("00f067aa0ba902b8"))
+    span.events.add(name="guardrail.check", time_unix_nano=START + MS)
+    document = otlp_json(make_request([span]))
+    # A link id that is not hex costs that link only, with a warning.
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["links"][1]["spanId"] = "zz"
+    response = httpx.post(
+        f"{endpoint}/v1/traces",
+        content=json.dumps(document).encode(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.content
+    message = response.json()["partialSuccess"]["errorMessage"]
+    assert f"span {trace}/b7ad6b7169203331: 1 links dropped: their trace_id or span_id" in message
+    [stored] = fetch(clean_observability, "select links from observability.spans")
+    assert stored["links"] == [
+        {"trace_id": other, "span_id": "00f067aa0ba902b7", "attributes": {"k": "v"}}
+    ]
+    events = fetch(clean_observability, "select name, occurred_at from observability.span_events")
+    assert events == [{"name": "guardrail.check", "occurred_at": at(0) + timedelta(milliseconds=1)}]
