@@ -40,6 +40,9 @@ class Decoded:
 
     request: ExportTraceServiceRequest
     rejected: list[str] = field(default_factory=list)
+    # Where spans were kept by replacing bytes that were not UTF-8 in their events, links or
+    # trace state with U+FFFD (events and links are stored: the mapper warns).
+    repaired: list[str] = field(default_factory=list)
 
 
 def decode_request(body: bytes, content_type: str) -> Decoded:
@@ -91,7 +94,7 @@ def decode_protobuf(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = _reparse(loose_span, span, repair_span)
+                error = _reparse(loose_span, span, repair_span, decoded.repaired, where)
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
@@ -99,11 +102,19 @@ def decode_protobuf(body: bytes) -> Decoded:
     return decoded
 
 
-def _reparse(loose: Message, strict: Message, repair: Callable[[Any], bool]) -> str | None:
+def _reparse(
+    loose: Message,
+    strict: Message,
+    repair: Callable[[Any], bool],
+    repaired: list[str] | None = None,
+    where: str = "",
+) -> str | None:
     error = _parse_strict(loose, strict)
-    # Bytes that are not UTF-8 in fields that are not stored are replaced, then tried again.
+    # Bytes that are not UTF-8 in fields that may be repaired are replaced, then tried again.
     if error and repair(loose):
         error = _parse_strict(loose, strict)
+        if error is None and repaired is not None:
+            repaired.append(where)
     return error
 
 
@@ -173,7 +184,11 @@ def decode_json(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = TOO_DEEP if holds(raw_span, marker) else _parse_span(raw_span, span)
+                error = (
+                    TOO_DEEP
+                    if holds(raw_span, marker)
+                    else _parse_span(raw_span, span, decoded.repaired, where)
+                )
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
@@ -223,7 +238,7 @@ def _parse_part(
     return error
 
 
-def _parse_span(raw: Any, span: Span) -> str | None:
+def _parse_span(raw: Any, span: Span, repaired: list[str], where: str) -> str | None:
     if not isinstance(raw, dict):
         return "a span must be a JSON object"
     raw = dict(raw)
@@ -246,6 +261,8 @@ def _parse_span(raw: Any, span: Span) -> str | None:
     if error and _scrubbed(scrub_span, raw):
         span.Clear()
         error = _parse_dict(raw, span)
+        if error is None:
+            repaired.append(where)
     if error:
         return error
     for snake, value in ids.items():

@@ -97,7 +97,11 @@ def iter_batches(
                 if trace is not None:
                     traces[(trace["trace_id"], trace["started_at"])] = trace
     _fill(batch, spans, events, traces)
-    batch.warnings = notes.warnings() + warnings
+    repaired = [
+        f"{where}: bytes that were not UTF-8 in its events, links or trace state replaced by U+FFFD"
+        for where in decoded.repaired
+    ]
+    batch.warnings = notes.warnings() + warnings + repaired
     yield batch
 
 
