@@ -126,6 +126,28 @@ def test_retention_and_compression_can_be_configured(
         )
 
 
+def test_span_events_added_later_take_the_policies_of_spans(
+    rollup_conn: psycopg.Connection,
+) -> None:
+    """An install that already has configured policies on spans, upgraded to a version with
+    span_events: the new table gets the same ages, not the defaults."""
+    try:
+        rollup_conn.execute(
+            "select observability.apply_raw_data_policies(interval '90 days', interval '3 days')"
+        )
+        rollup_conn.execute("select public.remove_retention_policy('observability.span_events')")
+        rollup_conn.execute("select public.remove_compression_policy('observability.span_events')")
+        install(rollup_conn)
+        retention = jobs(rollup_conn, "policy_retention")["span_events"]
+        compression = jobs(rollup_conn, "policy_compression")["span_events"]
+        assert interval(rollup_conn, retention["config"]["drop_after"]) == timedelta(days=90)
+        assert interval(rollup_conn, compression["config"]["compress_after"]) == timedelta(days=3)
+    finally:
+        rollup_conn.execute(
+            "select observability.apply_raw_data_policies(interval '30 days', interval '2 days')"
+        )
+
+
 def test_install_restores_a_changed_refresh_policy_in_place(
     rollup_conn: psycopg.Connection,
 ) -> None:

@@ -20,7 +20,7 @@ Item = tuple[str, dict[str, Any]]  # ("trace" | "span", row)
 
 @dataclass(frozen=True)
 class Refused:
-    kind: str  # "trace" | "span"
+    kind: str  # "trace" | "span" | "span_event"
     reason: str
 
 
