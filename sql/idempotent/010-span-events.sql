@@ -69,15 +69,15 @@ language sql immutable parallel safe as $$
   end
 $$;
 
--- Every stored event with its span and kind (exception, stream_chunk, guardrail, tool_call,
--- retrieval, evaluation, message, other). Filter on trace_id, or on span_started_at for a
--- window: both lead an index.
-create or replace view observability.span_event_details as
+-- Every stored event with its kind (exception, stream_chunk, guardrail, tool_call, retrieval,
+-- evaluation, message, other) and its time from the start of its span. No join: filtered on
+-- span_started_at (a time window: "guardrail blocks per hour") it reads only the chunks of
+-- that window; filtered on trace_id, the primary key. observability.trace_events adds the
+-- spans' names and types for one trace.
+create or replace view observability.classified_span_events as
 select
   e.trace_id,
   e.span_id,
-  s.name as span_name,
-  s.span_type,
   e.span_started_at,
   e.event_index,
   e.occurred_at,
@@ -85,13 +85,11 @@ select
   e.name,
   observability.span_event_kind(e.name, e.attributes) as kind,
   e.attributes
-from observability.span_events as e
--- A bulk writer that moves a span to another start without passing its events leaves them at
--- the former start: the span is found by its identity.
-left join observability.spans as s on s.trace_id = e.trace_id and s.span_id = e.span_id;
+from observability.span_events as e;
 
 -- "Which tool calls, retrieval hits, guardrail events, ... happened in this trace", in the
--- order they happened; kinds narrows to some kinds (NULL: all).
+-- order they happened, with the name and type of the span of each; kinds narrows to some
+-- kinds (NULL: all).
 --   select * from observability.trace_events('4bf92f3577b34da6a3ce929d0e0e4736',
 --     array['tool_call', 'guardrail']);
 create or replace function observability.trace_events(in_trace text, kinds text[] default null)
@@ -101,11 +99,15 @@ returns table
 , attributes jsonb
 )
 language sql stable parallel safe as $$
-  select d.trace_id, d.span_id, d.span_name, d.span_type, d.span_started_at, d.event_index,
-    d.occurred_at, d.offset_ms, d.name, d.kind, d.attributes
-  from observability.span_event_details as d
-  where d.trace_id = in_trace and (kinds is null or d.kind = any(kinds))
-  order by d.occurred_at nulls last, d.span_started_at, d.span_id, d.event_index
+  select c.trace_id, c.span_id, s.name, s.span_type, c.span_started_at, c.event_index,
+    c.occurred_at, c.offset_ms, c.name, c.kind, c.attributes
+  from observability.classified_span_events as c
+  -- By identity: a bulk writer that moves a span to another start without passing its events
+  -- leaves them at the former start.
+  left join observability.spans as s
+    on s.trace_id = in_trace and s.span_id = c.span_id
+  where c.trace_id = in_trace and (kinds is null or c.kind = any(kinds))
+  order by c.occurred_at nulls last, c.span_started_at, c.span_id, c.event_index
 $$;
 
 -- The links of a trace's spans to other spans (direction 'out'), and the links of other

@@ -171,6 +171,17 @@ def test_sdk_events_and_links_are_stored_and_queryable(
         ("guardrail", "block"),
     ]
 
+    # All traces' events by kind over a time window, as a dashboard asks.
+    blocked = fetch(
+        clean_observability,
+        "select public.time_bucket('1 hour', span_started_at) as hour, count(*) as n"
+        " from observability.classified_span_events"
+        " where kind = 'guardrail' and attributes ->> 'decision' = 'block'"
+        "   and span_started_at >= %s and span_started_at < %s group by 1",
+        [at(0), at(3_600_000)],
+    )
+    assert blocked == [{"hour": at(0), "n": 1}]
+
     # The error fields and the time to first token are still derived from the events.
     [chat] = fetch(
         clean_observability,
