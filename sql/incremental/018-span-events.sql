@@ -3,16 +3,16 @@
 --
 -- Events: one row per event, in a hypertable partitioned on the start time of their span
 -- (span_started_at), not on the event's own time, with the spans' chunk width, compression
--- and retention. So an event lies in the chunk of its span: retention drops a span and its
--- events together (never a span without its events, nor events without their span), and
--- replacing the events of a re-sent span touches the primary key of the chunks that hold the
--- span. A span may record hundreds of events (one per streamed chunk), so rows, not a column
+-- and retention. So an event lies in the chunk of its span: retention drops a span's events
+-- at the age it drops the span (the same chunk boundaries), not a span without its events or
+-- the events of a span still kept, and replacing the events of a re-sent span touches the
+-- primary key of the chunks that hold the span. A span may record hundreds of events (one per streamed chunk), so rows, not a column
 -- of the span: the rollups and other readers of spans do not carry them.
 --
 -- Links: a jsonb array on the span itself. A span carries a few of them, set when it starts,
 -- and stored with the span they are written, replaced, compressed and dropped with it at no
 -- extra cost. Links into a trace from other traces are found through a partial index on the
--- spans that have links (observability.trace_links, sql/idempotent/010-span-events.sql).
+-- spans that have links (observability.trace_links).
 create table observability.span_events
 ( trace_id text not null
 , span_id text not null
