@@ -159,3 +159,20 @@ def test_rejects_name_their_kind(db: psycopg.Connection) -> None:
     result = write_batch(db, spans=[span(1)], span_events=[event(2, 0)])
     assert [r.kind for r in result.rejected] == ["span_event"]
     assert isinstance(result.rejected[0], Reject)
+
+
+def test_events_in_compressed_chunks_are_replaced(db: psycopg.Connection) -> None:
+    write_batch(db, spans=[span(1)], span_events=[event(1, 0), event(1, 1), event(1, 2)])
+    for table in ("spans", "span_events"):
+        db.execute(
+            f"select public.compress_chunk(c) from public.show_chunks('observability.{table}') as c"
+        )
+    compressed = read(
+        db,
+        "select count(*) as n from timescaledb_information.chunks"
+        " where hypertable_name = 'span_events' and is_compressed",
+    )
+    assert compressed == [{"n": 1}]
+    result = write_batch(db, spans=[span(1)], span_events=[event(1, 1, "changed")])
+    assert result.rejected == [] and result.written["span_event"] == 1
+    assert [(r["event_index"], r["name"]) for r in read(db, EVENTS)] == [(1, "changed")]
