@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from bench import engine, ingest, otlp, rollups, worker
+from bench import engine, ingest, otlp, rollups, span_events, worker
 from bench.common import GroupResult, Options, progress, write_results
 
 GROUPS: dict[str, Callable[[Options], GroupResult]] = {
@@ -11,6 +11,7 @@ GROUPS: dict[str, Callable[[Options], GroupResult]] = {
     "rollups": rollups.run,
     "ingest": ingest.run,
     "otlp": otlp.run,
+    "events": span_events.run,
     "worker": worker.run,
 }
 

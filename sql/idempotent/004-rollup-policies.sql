@@ -70,9 +70,11 @@ language sql stable as $$
       (select r.rollup from observability.rollups as r where r.granularity = 'hour')
 $$;
 
--- Compression and retention of the raw hypertables that feed the rollups (traces, spans,
--- document_events). Arguments left NULL keep the current setting, or on first install take the
--- default: retention 30 days, compression after 2 days. Changed values are applied in place.
+-- Compression and retention of the raw hypertables (traces, spans, span_events,
+-- document_events). Arguments left NULL keep the current setting; a table without a policy yet
+-- takes that of spans (span_events, added later, so lives as long as its spans), or on first
+-- install the default: retention 30 days, compression after 2 days. Changed values are applied
+-- in place.
 -- At install time the custom settings observability.raw_retention and
 -- observability.raw_compress_after are passed in when set, e.g.
 --   PGOPTIONS='-c observability.raw_retention=90d' python -m worker migrate
@@ -87,9 +89,20 @@ declare
   wanted_retention interval;
   wanted_compress_after interval;
   horizon interval := observability.raw_refresh_horizon();
+  spans_retention interval;
+  spans_compress_after interval;
 begin
+  select (j.config ->> 'drop_after')::interval into spans_retention
+  from timescaledb_information.jobs as j
+  where j.proc_name = 'policy_retention'
+    and j.hypertable_schema = 'observability' and j.hypertable_name = 'spans';
+  select (j.config ->> 'compress_after')::interval into spans_compress_after
+  from timescaledb_information.jobs as j
+  where j.proc_name = 'policy_compression'
+    and j.hypertable_schema = 'observability' and j.hypertable_name = 'spans';
   foreach raw_table in array array[
-    'observability.traces', 'observability.spans', 'observability.document_events'
+    'observability.traces', 'observability.spans', 'observability.span_events',
+    'observability.document_events'
   ]::regclass[] loop
     select j.job_id, j.config into job
     from timescaledb_information.jobs as j
@@ -97,14 +110,14 @@ begin
       and pg_catalog.format('%I.%I', j.hypertable_schema, j.hypertable_name)::regclass
         = raw_table;
     wanted_retention := coalesce(retention, (job.config ->> 'drop_after')::interval,
-      interval '30 days');
+      spans_retention, interval '30 days');
     select j.job_id, j.config into job
     from timescaledb_information.jobs as j
     where j.proc_name = 'policy_compression'
       and pg_catalog.format('%I.%I', j.hypertable_schema, j.hypertable_name)::regclass
         = raw_table;
     wanted_compress_after := coalesce(compress_after,
-      (job.config ->> 'compress_after')::interval, interval '2 days');
+      (job.config ->> 'compress_after')::interval, spans_compress_after, interval '2 days');
 
     if wanted_retention <= horizon + interval '1 day' then
       raise exception 'raw data retention % is too short for %', wanted_retention, raw_table

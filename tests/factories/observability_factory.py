@@ -132,8 +132,24 @@ def create_span(**overrides: Any) -> dict[str, Any]:
         "error_type": None,
         "error_message": None,
         "attributes": {},
+        "links": [],
     }
     return _merge(defaults, {**overrides, **timing}, "create_span")
+
+
+def create_span_event(**overrides: Any) -> dict[str, Any]:
+    """A tool-call event of a span that started an hour ago."""
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    defaults: dict[str, Any] = {
+        "trace_id": generate_trace_id(),
+        "span_id": generate_span_id(),
+        "span_started_at": started,
+        "event_index": 0,
+        "occurred_at": started + timedelta(milliseconds=random.randint(0, 2000)),
+        "name": "gen_ai.tool.message",
+        "attributes": {"gen_ai.tool.name": "search"},
+    }
+    return _merge(defaults, overrides, "create_span_event")
 
 
 def create_llm_span(**overrides: Any) -> dict[str, Any]:

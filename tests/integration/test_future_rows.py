@@ -42,6 +42,9 @@ def test_future_raw_rows_are_counted_apart_and_do_not_make_a_rollup_look_stale(
     assert spans.future_rows == 1
     assert spans.newest_future == YEAR_2100
     assert all(r.future_rows == 0 for r in health.raw if r.table != "observability.spans")
+    assert {r.table for r in health.raw} == {
+        f"observability.{t}" for t in ("traces", "spans", "span_events", "document_events")
+    }
     assert health.newest_raw["llm_spans"] == recent
 
     samples = scrape(agg_conn.info.dsn)

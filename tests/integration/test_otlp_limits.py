@@ -111,7 +111,7 @@ def test_an_over_deep_json_attribute_refuses_only_its_span(
     assert [r["name"] for r in stored] == ["root"]
 
 
-def test_bytes_not_utf8_in_unstored_fields_do_not_cost_the_span(
+def test_bytes_not_utf8_in_events_links_and_unstored_fields_do_not_cost_the_span(
     endpoint: str, clean_observability: str
 ) -> None:
     kept = make_span(TRACE, ROOT, "kept", START, START + 10**9)
@@ -127,8 +127,16 @@ def test_bytes_not_utf8_in_unstored_fields_do_not_cost_the_span(
     result = partial(post(endpoint, body, PROTOBUF))
     assert result.rejected_spans == 1
     assert "span 1: cannot be decoded" in result.error_message and "UTF-8" in result.error_message
-    stored = fetch(clean_observability, "select name from observability.spans")
+    # Events and links are stored: the bytes replaced are said so.
+    assert (
+        "resource 0, scope 0, span 0: bytes that were not UTF-8 in its events, links or trace "
+        "state replaced by U+FFFD"
+    ) in result.error_message
+    stored = fetch(clean_observability, "select name, links from observability.spans")
     assert [r["name"] for r in stored] == ["kept"]
+    assert stored[0]["links"][0]["attributes"] == {"note": "link-\ufffd\ufffd"}
+    events = fetch(clean_observability, "select name from observability.span_events")
+    assert events == [{"name": "chunk-\ufffd\ufffd"}]
 
 
 def test_a_thirty_day_span_is_stored_with_a_warning_naming_duration_ms(

@@ -28,7 +28,7 @@ WINDOWS = {
     "daily": (timedelta(days=5), timedelta(hours=1), timedelta(hours=1)),
     "weekly": (timedelta(weeks=3), timedelta(days=1), timedelta(hours=6)),
 }
-RAW = ("traces", "spans", "document_events")
+RAW = ("traces", "spans", "span_events", "document_events")
 JOB_TIMEOUT = 90.0
 
 
@@ -120,6 +120,28 @@ def test_retention_and_compression_can_be_configured(
         assert {
             interval(rollup_conn, j["config"]["compress_after"]) for j in compression.values()
         } == {timedelta(days=3)}
+    finally:
+        rollup_conn.execute(
+            "select observability.apply_raw_data_policies(interval '30 days', interval '2 days')"
+        )
+
+
+def test_span_events_added_later_take_the_policies_of_spans(
+    rollup_conn: psycopg.Connection,
+) -> None:
+    """An install that already has configured policies on spans, upgraded to a version with
+    span_events: the new table gets the same ages, not the defaults."""
+    try:
+        rollup_conn.execute(
+            "select observability.apply_raw_data_policies(interval '90 days', interval '3 days')"
+        )
+        rollup_conn.execute("select public.remove_retention_policy('observability.span_events')")
+        rollup_conn.execute("select public.remove_compression_policy('observability.span_events')")
+        install(rollup_conn)
+        retention = jobs(rollup_conn, "policy_retention")["span_events"]
+        compression = jobs(rollup_conn, "policy_compression")["span_events"]
+        assert interval(rollup_conn, retention["config"]["drop_after"]) == timedelta(days=90)
+        assert interval(rollup_conn, compression["config"]["compress_after"]) == timedelta(days=3)
     finally:
         rollup_conn.execute(
             "select observability.apply_raw_data_policies(interval '30 days', interval '2 days')"

@@ -34,7 +34,7 @@ def test_health_names_the_sketch_rollups_and_jobs(rollup_conn: psycopg.Connectio
         + [
             (kind, f"observability.{t}")
             for kind in ("compression", "retention")
-            for t in ("traces", "spans", "document_events")
+            for t in ("traces", "spans", "span_events", "document_events")
         ]
     )
     assert all(j.scheduled and j.total_failures == 0 for j in health.jobs)

@@ -14,6 +14,7 @@ from worker.schema.migrate import CONNECT_ARGS, connect, model_differences
 HYPERTABLES = {
     "traces": ("started_at", timedelta(days=1)),
     "spans": ("started_at", timedelta(days=1)),
+    "span_events": ("span_started_at", timedelta(days=1)),
     "document_events": ("created_at", timedelta(days=1)),
     "chat_messages": ("created_at", timedelta(days=7)),
     "metrics_aggregates": ("bucket_time", timedelta(days=7)),

@@ -89,6 +89,7 @@ def test_upgrade_head_on_an_empty_database(url: str) -> None:
     assert {row[0] for row in _catalog(url)["hypertables"]} == {
         "traces",
         "spans",
+        "span_events",
         "chat_messages",
         "document_events",
         "metrics_aggregates",
@@ -103,7 +104,7 @@ def test_fresh_install_equals_a_replay_of_the_migrations(url: str) -> None:
         uninstall(conn)
     upgrade(url, "head")
     replayed = _catalog(url)
-    assert len(installed["dimensions"]) == 5 and len(installed["indexes"]) > 20
+    assert len(installed["dimensions"]) == 6 and len(installed["indexes"]) > 20
     assert installed.keys() == replayed.keys()
     for key in installed:
         assert installed[key] == replayed[key], key
@@ -124,7 +125,7 @@ def test_migrate_restores_a_schema_dropped_behind_alembic(url: str) -> None:
         uninstall(conn)
     migrate(url)
     assert current_revision(url) == "0001"
-    assert len(_catalog(url)["hypertables"]) == 5
+    assert len(_catalog(url)["hypertables"]) == 6
 
 
 def test_alembic_command_line_check(migrated_database_url: str) -> None:

@@ -18,6 +18,7 @@ from tests.factories import (
     create_metrics_aggregate,
     create_provider_sync_status,
     create_span,
+    create_span_event,
     create_trace,
 )
 from tests.observability_helpers import assert_row_equals, insert, reload
@@ -34,6 +35,7 @@ from worker.models import (
     MetricsAggregate,
     ProviderSyncStatus,
     Span,
+    SpanEvent,
     Trace,
 )
 
@@ -131,6 +133,25 @@ def span_rows(draw: st.DrawFn) -> dict[str, Any]:
         error_type=draw(optional(TEXT)),
         error_message=draw(optional(TEXT)),
         attributes=draw(JSON_OBJECT),
+        links=draw(st.lists(LINKS, max_size=3)),
+    )
+
+
+LINKS = st.fixed_dictionaries(
+    {"trace_id": TRACE_IDS, "span_id": SPAN_IDS, "attributes": JSON_OBJECT}
+)
+
+
+@st.composite
+def span_event_rows(draw: st.DrawFn) -> dict[str, Any]:
+    return dict(
+        trace_id=draw(TRACE_IDS),
+        span_id=draw(SPAN_IDS),
+        span_started_at=draw(MOMENTS),
+        event_index=draw(INT4),
+        occurred_at=draw(optional(MOMENTS)),
+        name=draw(NON_EMPTY),
+        attributes=draw(JSON_OBJECT),
     )
 
 
@@ -224,6 +245,7 @@ Overrides = Callable[[], st.SearchStrategy[dict[str, Any]]]
 ROW_STRATEGIES: list[tuple[type[Base], Callable[..., dict[str, Any]], Overrides]] = [
     (Trace, create_trace, trace_rows),
     (Span, create_span, span_rows),
+    (SpanEvent, create_span_event, span_event_rows),
     (ChatMessage, create_chat_message, chat_message_rows),
     (DocumentEvent, create_document_event, document_event_rows),
     (MetricsAggregate, create_metrics_aggregate, metrics_aggregate_rows),

@@ -170,3 +170,23 @@ def test_body_limits_apply_before_and_after_decompression() -> None:
 def test_body_corrupt_or_truncated_gzip(data: bytes) -> None:
     with pytest.raises(MalformedPayload):
         read(data, "gzip", 20_000)
+
+
+def test_json_links_round_trip_and_repaired_events_are_reported() -> None:
+    [span] = spans("a")
+    span.links.add(trace_id=bytes.fromhex(TRACE), span_id=bytes.fromhex("00f067aa0ba902b7"))
+    span.events.add(name="tool call", time_unix_nano=START)
+    request = make_request([span], resource={"service.name": "svc"})
+    document = otlp_json(request)
+    raw = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert raw["links"][0]["spanId"] == "00f067aa0ba902b7"  # hex in OTLP/JSON
+    decoded = decode_request(json.dumps(document).encode(), JSON)
+    assert decoded.request == request and decoded.repaired == []
+
+    raw["events"][0]["name"] = "tool \udcff call"  # a byte that was not UTF-8
+    decoded = decode_request(json.dumps(document).encode(), JSON)
+    assert names(decoded) == ["a"] and decoded.rejected == []
+    assert decoded.repaired == ["resource 0, scope 0, span 0"]
+    batch = map_request(decoded)
+    assert [e["name"] for e in batch.span_events] == ["tool \ufffd call"]
+    assert any("replaced by U+FFFD" in w for w in batch.warnings)

@@ -303,3 +303,58 @@ def test_a_request_is_mapped_in_chunks() -> None:
     assert [len(b.rejected) for b in batches] == [0, 1, 0]
     assert [bool(b.warnings) for b in batches] == [False, False, True]
     assert [len(map_request(make_request(spans)).spans)] == [6]
+
+
+def test_events_and_links_are_mapped_with_their_span() -> None:
+    span = make_span(TRACE, CHILD, "execute_tool search", START, START + 10**9, parent_span_id=ROOT)
+    tool = span.events.add(name="gen_ai.tool.message", time_unix_nano=START + 5_000)
+    tool.attributes.add(key="gen_ai.tool.name").value.string_value = "search"
+    span.events.add(name="", time_unix_nano=START + 6_000)  # no name: dropped
+    span.events.add(name="no time")
+    link = span.links.add(trace_id=bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736"),
+                          span_id=bytes.fromhex(ROOT), trace_state="vendor=1")  # fmt: skip
+    link.attributes.add(key="why").value.string_value = "fan-in"
+    span.links.add(trace_id=bytes(16), span_id=bytes.fromhex(ROOT))  # all-zero trace: dropped
+    batch = map_request(make_request([span]))
+    assert [(e["event_index"], e["name"]) for e in batch.span_events] == [
+        (0, "gen_ai.tool.message"),
+        (2, "no time"),
+    ]
+    first, second = batch.span_events
+    assert first["occurred_at"] == datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC)
+    assert first["attributes"] == {"gen_ai.tool.name": "search"}
+    assert second["occurred_at"] is None and second["span_id"] == CHILD
+    [row] = batch.spans
+    assert row["links"] == [
+        {
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": ROOT,
+            "attributes": {"why": "fan-in"},
+            "trace_state": "vendor=1",
+        }
+    ]
+    where = f"span {TRACE}/{CHILD}"
+    assert f"{where}: 1 events without a name dropped" in batch.warnings
+    assert any(w.startswith(f"{where}: 1 links dropped: their trace_id") for w in batch.warnings)
+
+
+def test_a_span_sent_twice_in_a_request_keeps_the_events_of_its_last_copy() -> None:
+    early = make_span(TRACE, ROOT, "chat", START, START + 1)
+    early.events.add(name="first copy", time_unix_nano=START)
+    late = make_span(TRACE, ROOT, "chat", START, START + 2)
+    late.events.add(name="last copy", time_unix_nano=START)
+    batch = map_request(make_request([early, late]))
+    assert [e["name"] for e in batch.span_events] == ["last copy"]
+
+
+def test_each_chunk_carries_the_events_of_its_spans() -> None:
+    from worker.otlp.mapping import iter_batches
+
+    spans = [make_span(TRACE, f"{n:016x}", f"s{n}", START, START + 1) for n in range(1, 4)]
+    for span in spans:
+        span.events.add(name=f"event of {span.name}", time_unix_nano=START)
+    batches = list(iter_batches(make_request(spans), 2))
+    assert [[e["name"] for e in b.span_events] for b in batches] == [
+        ["event of s1", "event of s2"],
+        ["event of s3"],
+    ]

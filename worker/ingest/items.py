@@ -19,6 +19,11 @@ class Column:
     required: bool = False
     default: Any = None  # a value, or a callable making one
 
+    @property
+    def jsonb(self) -> bool:
+        """Whether the value travels as JSON text into a jsonb column."""
+        return self.check in (v.json_object, v.json_array, span_links)
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -118,6 +123,41 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def span_links(name: str, value: Any, limits: Limits) -> str:
+    """OpenTelemetry span links: a list of {"trace_id", "span_id"[, "attributes"]
+    [, "trace_state"]}, at most limits.max_links_per_span of them."""
+    if not isinstance(value, list | tuple):
+        raise Invalid(f"{name} must be a JSON array (list), got {type(value).__name__}")
+    if len(value) > limits.max_links_per_span:
+        raise Invalid(
+            f"{name} holds {len(value):,} links, more than the {limits.max_links_per_span:,} "
+            "stored per span"
+        )
+    for n, link in enumerate(value):
+        where = f"{name}[{n}]"
+        if not isinstance(link, Mapping):
+            raise Invalid(f"{where} must be an object, got {type(link).__name__}")
+        unknown = set(link) - {"trace_id", "span_id", "attributes", "trace_state"}
+        if unknown:
+            raise Invalid(f"{where} has unknown field(s) {', '.join(sorted(map(v.show, unknown)))}")
+        v.trace_id(f"{where}.trace_id", link.get("trace_id"), limits)
+        v.span_id(f"{where}.span_id", link.get("span_id"), limits)
+        if not isinstance(link.get("attributes", {}), Mapping):
+            raise Invalid(f"{where}.attributes must be an object")
+        if "trace_state" in link:
+            v.short_text(f"{where}.trace_state", link["trace_state"], limits)
+    return v.json_array(name, [dict(link) for link in value], limits)
+
+
+def _event_index(name: str, value: Any, limits: Limits) -> int:
+    index = v.count32(name, value, limits)
+    if index >= limits.max_events_per_span:
+        raise Invalid(
+            f"{name} {index:,} is past the {limits.max_events_per_span:,} events stored per span"
+        )
+    return index
+
+
 _TRACE_ID = Column("trace_id", "text", v.trace_id, required=True)
 _OPTIONAL_TRACE_ID = Column("trace_id", "text", v.trace_id)
 _STATUS = Column("status", "text", v.one_of(TRACE_STATUSES), default="running")
@@ -174,11 +214,31 @@ SPAN = Kind(
         Column("error_type", "text", v.short_text),
         Column("error_message", "text", v.long_text),
         _ATTRIBUTES,
+        Column("links", "text", span_links, default="[]"),
     ),
     key=("trace_id", "span_id", "started_at"),
     finish=_finish_span,
     identity=("trace_id", "span_id"),
     time_column="started_at",
+)
+
+# The events of the spans of a batch. span_started_at is the start of the span, which the writer
+# fills in from the batch's span row: an event is written with its span, and a span written with
+# its events (write_batch's span_events) has exactly those afterwards.
+SPAN_EVENT = Kind(
+    "span_event",
+    "observability.span_events",
+    (
+        _TRACE_ID,
+        Column("span_id", "text", v.span_id, required=True),
+        Column("span_started_at", "timestamptz", v.timestamp, required=True),
+        Column("event_index", "int4", _event_index, required=True),
+        Column("occurred_at", "timestamptz", v.timestamp),
+        Column("name", "text", v.short_text, required=True),
+        _ATTRIBUTES,
+    ),
+    key=("trace_id", "span_id", "span_started_at", "event_index"),
+    time_column="span_started_at",
 )
 
 CHAT_MESSAGE = Kind(
@@ -226,5 +286,5 @@ DOCUMENT_EVENT = Kind(
     time_column="created_at",
 )
 
-KINDS = (TRACE, SPAN, CHAT_MESSAGE, DOCUMENT_EVENT)
+KINDS = (TRACE, SPAN, SPAN_EVENT, CHAT_MESSAGE, DOCUMENT_EVENT)
 _COLUMNS_BY_KIND = {kind.name: {c.name: c for c in kind.columns} for kind in KINDS}

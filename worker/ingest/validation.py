@@ -31,6 +31,10 @@ class Limits:
     max_long_text_chars: int = 1_048_576  # chat content, error messages
     max_json_bytes: int = 65_536  # attributes, sources, citations, serialized as JSON
     max_json_depth: int = 16  # {"a": 1} is depth 1, {"a": {"b": 1}} depth 2
+    # OpenTelemetry SDKs keep 128 of each by default; streamed responses may record an event per
+    # chunk, so events get twice that.
+    max_events_per_span: int = 256
+    max_links_per_span: int = 128
 
 
 DEFAULT_LIMITS = Limits()

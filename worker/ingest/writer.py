@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from worker.ingest.items import CHAT_MESSAGE, DOCUMENT_EVENT, SPAN, TRACE, Kind
+from worker.ingest import span_events as events
+from worker.ingest.items import CHAT_MESSAGE, DOCUMENT_EVENT, SPAN, SPAN_EVENT, TRACE, Kind
 from worker.ingest.pricing import price_spans
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE, TimePolicy, current_policy
 from worker.ingest.traces import (
@@ -26,8 +27,6 @@ from worker.ingest.validation import (
     MILLISECOND,
     Invalid,
     Limits,
-    json_array,
-    json_object,
 )
 
 # Per connection, the kinds whose staging table (a temporary table) already exists.
@@ -36,7 +35,7 @@ _STAGED: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.
 
 @dataclass(frozen=True)
 class Reject:
-    kind: str  # "trace" | "span" | "chat_message" | "document_event"
+    kind: str  # "trace" | "span" | "span_event" | "chat_message" | "document_event"
     index: int  # position of the item in the list passed for that kind
     reason: str
 
@@ -56,6 +55,7 @@ def write_batch(
     spans: Sequence[Mapping[str, Any]] = (),
     chat_messages: Sequence[Mapping[str, Any]] = (),
     document_events: Sequence[Mapping[str, Any]] = (),
+    span_events: Sequence[Mapping[str, Any]] | None = None,
     limits: Limits = DEFAULT_LIMITS,
     traces_from_spans: bool = False,
     max_future: timedelta = DEFAULT_MAX_FUTURE,
@@ -79,6 +79,12 @@ def write_batch(
     takes its name, operation and dimensions from its earliest root, and its total_tokens and
     cost_usd are the sums over its stored spans (NULL when no span has a value). Otherwise trace
     rows are stored as given.
+
+    With span_events (a list, maybe empty), every span of the batch has exactly the events
+    given for it afterwards: its stored events that are not given again are deleted. An event
+    names its span by trace_id and span_id (a span of this batch) and its position by
+    event_index (below limits.max_events_per_span). Without it (None), stored events are left
+    as they are.
     """
     result = WriteResult()
     policy = current_policy(conn, max_future)
@@ -94,6 +100,12 @@ def write_batch(
         result.written[kind.name] = 0
         if rows:
             batches.append((kind, rows))
+        if kind is SPAN and span_events is not None:
+            event_rows, rejected = events.validate_events(span_events, rows, limits)
+            result.rejected += [Reject(SPAN_EVENT.name, i, reason) for i, reason in rejected]
+            result.written[SPAN_EVENT.name] = 0
+            if rows:  # even with no events: the spans' stored events are replaced
+                batches.append((SPAN_EVENT, event_rows))
     if not batches:
         return result
     write = _Write(batches, result, policy, traces_from_spans)
@@ -169,6 +181,8 @@ def _write_all(
                     copy.write_row(row)
             if statements.moved is not None and stored is not None:
                 delete_moved(cur, statements.moved, stored, known)
+            if kind is SPAN_EVENT and stored is not None:
+                events.delete_replaced(cur, upsert_statements(SPAN).stage, rows, stored, known)
             cur.execute(statements.upsert)
             result.written[kind.name] = cur.rowcount
         if write.traces_from_spans:
@@ -246,7 +260,7 @@ def upsert_statements(kind: Kind) -> UpsertStatements:
     selected = []
     for column in kind.columns:
         ident = sql.Identifier(column.name)
-        if column.check in (json_object, json_array):
+        if column.jsonb:
             selected.append(sql.SQL("b.{}::jsonb").format(ident))
         else:
             selected.append(sql.SQL("b.{}").format(ident))

@@ -13,6 +13,7 @@ from worker.models.observability import (
     MetricsAggregate,
     ProviderSyncStatus,
     Span,
+    SpanEvent,
     Trace,
 )
 from worker.models.prices import ModelPrice
@@ -28,6 +29,7 @@ from worker.models.worker_state import (
 OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     Trace,
     Span,
+    SpanEvent,
     ChatMessage,
     DocumentEvent,
     MetricsAggregate,
@@ -57,6 +59,7 @@ __all__ = [
     "ModelPrice",
     "ProviderSyncStatus",
     "Span",
+    "SpanEvent",
     "Trace",
     "TraceExtent",
     "WorkerLease",

@@ -74,6 +74,11 @@ class Span(Base):
         Index("spans_started_at_idx", "started_at"),
         _partial("spans_model_started_at_idx", "model", "started_at"),
         _partial("spans_kb_id_started_at_idx", "kb_id", "started_at"),
+        Index(
+            "spans_links_started_at_idx",
+            "started_at",
+            postgresql_where=text("links <> '[]'::jsonb"),
+        ),
     )
 
     trace_id: Mapped[str] = mapped_column(primary_key=True)
@@ -98,6 +103,23 @@ class Span(Base):
     documents_retrieved: Mapped[int | None]
     error_type: Mapped[str | None]
     error_message: Mapped[str | None]
+    attributes: Mapped[dict[str, Any]] = json_object_column()
+    # OpenTelemetry span links: [{"trace_id", "span_id", "attributes"[, "trace_state"]}, ...]
+    links: Mapped[list[dict[str, Any]]] = json_array_column()
+
+
+class SpanEvent(Base):
+    """An OpenTelemetry span event, in the chunk of its span (partitioned on span_started_at)."""
+
+    __tablename__ = "span_events"
+    __table_args__ = (Index("span_events_name_span_started_at_idx", "name", "span_started_at"),)
+
+    trace_id: Mapped[str] = mapped_column(primary_key=True)
+    span_id: Mapped[str] = mapped_column(primary_key=True)
+    span_started_at: Mapped[datetime] = mapped_column(primary_key=True)
+    event_index: Mapped[int] = mapped_column(primary_key=True)
+    occurred_at: Mapped[datetime | None]
+    name: Mapped[str]
     attributes: Mapped[dict[str, Any]] = json_object_column()
 
 

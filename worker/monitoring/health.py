@@ -123,7 +123,12 @@ order by j.hypertable_name, j.job_id
 """
 
 # The raw hypertables behind the rollups and their time columns.
-_RAW_TABLES = {"traces": "started_at", "spans": "started_at", "document_events": "created_at"}
+_RAW_TABLES = {
+    "traces": "started_at",
+    "spans": "started_at",
+    "span_events": "span_started_at",
+    "document_events": "created_at",
+}
 _FUTURE_ROWS = """
 select pg_catalog.count(*), pg_catalog.max({column}) filter (where pg_catalog.isfinite({column}))
 from {table} where {column} > pg_catalog.now() + %(skew)s

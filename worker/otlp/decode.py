@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import uuid
@@ -39,6 +40,9 @@ class Decoded:
 
     request: ExportTraceServiceRequest
     rejected: list[str] = field(default_factory=list)
+    # Where spans were kept by replacing bytes that were not UTF-8 in their events, links or
+    # trace state with U+FFFD (events and links are stored: the mapper warns).
+    repaired: list[str] = field(default_factory=list)
 
 
 def decode_request(body: bytes, content_type: str) -> Decoded:
@@ -90,7 +94,7 @@ def decode_protobuf(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = _reparse(loose_span, span, repair_span)
+                error = _reparse(loose_span, span, repair_span, decoded.repaired, where)
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
@@ -98,11 +102,19 @@ def decode_protobuf(body: bytes) -> Decoded:
     return decoded
 
 
-def _reparse(loose: Message, strict: Message, repair: Callable[[Any], bool]) -> str | None:
+def _reparse(
+    loose: Message,
+    strict: Message,
+    repair: Callable[[Any], bool],
+    repaired: list[str] | None = None,
+    where: str = "",
+) -> str | None:
     error = _parse_strict(loose, strict)
-    # Bytes that are not UTF-8 in fields that are not stored are replaced, then tried again.
+    # Bytes that are not UTF-8 in fields that may be repaired are replaced, then tried again.
     if error and repair(loose):
         error = _parse_strict(loose, strict)
+        if error is None and repaired is not None:
+            repaired.append(where)
     return error
 
 
@@ -172,7 +184,11 @@ def decode_json(body: bytes) -> Decoded:
                     decoded.rejected.append(f"{where}: its {part} {resource_error or scope_error}")
                     continue
                 span = Span()
-                error = TOO_DEEP if holds(raw_span, marker) else _parse_span(raw_span, span)
+                error = (
+                    TOO_DEEP
+                    if holds(raw_span, marker)
+                    else _parse_span(raw_span, span, decoded.repaired, where)
+                )
                 if error:
                     decoded.rejected.append(f"{where}: {error}")
                 else:
@@ -222,7 +238,7 @@ def _parse_part(
     return error
 
 
-def _parse_span(raw: Any, span: Span) -> str | None:
+def _parse_span(raw: Any, span: Span, repaired: list[str], where: str) -> str | None:
     if not isinstance(raw, dict):
         return "a span must be a JSON object"
     raw = dict(raw)
@@ -239,16 +255,41 @@ def _parse_span(raw: Any, span: Span) -> str | None:
             ids[snake] = _hex_id(hex_id, size)
         except ValueError as exc:
             return f"{name} {exc}"
-    raw.pop("links", None)  # links carry hex ids too and are not stored
+    if "links" in raw:
+        raw["links"] = _links(raw["links"])
     error = _parse_dict(raw, span)
     if error and _scrubbed(scrub_span, raw):
         span.Clear()
         error = _parse_dict(raw, span)
+        if error is None:
+            repaired.append(where)
     if error:
         return error
     for snake, value in ids.items():
         setattr(span, snake, value)
     return None
+
+
+def _links(links: Any) -> Any:
+    """Links with their hex ids as the base64 that the protobuf JSON mapping reads. An id that
+    is not hex becomes empty: the mapper drops that link with a warning, not the span."""
+    if not isinstance(links, list):
+        return links  # refused by the parser, with its reason
+    converted = []
+    for link in links:
+        if isinstance(link, dict):
+            link = dict(link)
+            for name, size in (("traceId", 16), ("spanId", 8)):
+                snake = _SNAKE[name]
+                key = name if name in link else snake if snake in link else None
+                if key is None:
+                    continue
+                try:
+                    link[key] = base64.b64encode(_hex_id(link[key], size)).decode("ascii")
+                except ValueError:
+                    link[key] = ""
+        converted.append(link)
+    return converted
 
 
 def _parse_dict(value: dict[str, Any], target: Message) -> str | None:

@@ -19,6 +19,7 @@ from worker.otlp.attributes import (
     split_attributes,
 )
 from worker.otlp.decode import Decoded
+from worker.otlp.events import map_events, map_links
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ZERO_TRACE = bytes(16)
@@ -36,6 +37,8 @@ class MappedBatch:
 
     traces: list[dict[str, Any]] = field(default_factory=list)
     spans: list[dict[str, Any]] = field(default_factory=list)
+    # The events of the spans above (all of them: a span's stored events are replaced).
+    span_events: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -64,7 +67,9 @@ def iter_batches(
         decoded = Decoded(decoded)
     batch = MappedBatch(rejected=list(decoded.rejected))
     notes = Notes()
+    warnings: list[str] = []  # those that name a span
     spans: dict[tuple[str, str], dict[str, Any]] = {}
+    events: dict[tuple[str, str], list[dict[str, Any]]] = {}
     traces: dict[tuple[str, datetime], dict[str, Any]] = {}
     for r, resource_spans in enumerate(decoded.request.resource_spans):
         before = notes.chars
@@ -74,24 +79,41 @@ def iter_batches(
             origin = Origin(resource, resource_chars, clean_text(scope_spans.scope.name, notes))
             for i, span in enumerate(scope_spans.spans):
                 if chunk_spans is not None and len(spans) >= chunk_spans:
-                    batch.spans, batch.traces = list(spans.values()), list(traces.values())
+                    _fill(batch, spans, events, traces)
                     yield batch
-                    batch, spans, traces = MappedBatch(), {}, {}
+                    batch, spans, events, traces = MappedBatch(), {}, {}, {}
                 try:
-                    row, trace = map_span(span, origin, notes)
+                    row, trace = map_span(span, origin, notes, warnings)
                 except SpanRejected as exc:
                     batch.rejected.append(f"resource {r}, scope {s}, span {i}: {exc}")
                     continue
                 # A span delivered twice in one request is stored once (the last copy wins; in
-                # a later chunk, by overwriting the row written with an earlier one).
-                spans.pop((row["trace_id"], row["span_id"]), None)
-                spans[(row["trace_id"], row["span_id"])] = row
+                # a later chunk, by overwriting the row written with an earlier one), with the
+                # events of that copy.
+                identity = (row["trace_id"], row["span_id"])
+                spans.pop(identity, None)
+                spans[identity] = row
+                events[identity] = map_events(span, *identity, notes, warnings)
                 if trace is not None:
                     traces[(trace["trace_id"], trace["started_at"])] = trace
-    batch.spans = list(spans.values())
-    batch.traces = list(traces.values())
-    batch.warnings = notes.warnings()
+    _fill(batch, spans, events, traces)
+    repaired = [
+        f"{where}: bytes that were not UTF-8 in its events, links or trace state replaced by U+FFFD"
+        for where in decoded.repaired
+    ]
+    batch.warnings = notes.warnings() + warnings + repaired
     yield batch
+
+
+def _fill(
+    batch: MappedBatch,
+    spans: dict[tuple[str, str], dict[str, Any]],
+    events: dict[tuple[str, str], list[dict[str, Any]]],
+    traces: dict[tuple[str, datetime], dict[str, Any]],
+) -> None:
+    batch.spans = list(spans.values())
+    batch.span_events = [event for identity in spans for event in events[identity]]
+    batch.traces = list(traces.values())
 
 
 def _time(nanos: int) -> datetime:
@@ -115,9 +137,10 @@ def _ids(span: Span) -> tuple[str, str, str | None]:
 
 
 def map_span(
-    span: Span, origin: Origin, notes: Notes
+    span: Span, origin: Origin, notes: Notes, warnings: list[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The spans row, and the traces row when the span is a root (has no parent)."""
+    """The spans row, and the traces row when the span is a root (has no parent). Warnings
+    about one span (links dropped past the limit, say) are added to warnings."""
     trace_id, span_id, parent_span_id = _ids(span)
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     if start == 0:
@@ -168,7 +191,16 @@ def map_span(
         "error_type": error_type,
         "error_message": error_message,
         "attributes": attrs,
+        "links": map_links(span, trace_id, span_id, notes, [] if warnings is None else warnings),
     }
+    # What the sender's SDK dropped past its own limits, which no stored row shows otherwise.
+    for key, dropped in (
+        ("otel.dropped_events_count", span.dropped_events_count),
+        ("otel.dropped_links_count", span.dropped_links_count),
+    ):
+        if dropped:
+            attrs[key] = dropped
+            chars += len(key) + 24
     service = origin.resource.get("service.name")
     if service is not None:
         attrs.setdefault("service.name", service)

@@ -19,10 +19,12 @@ from worker.otlp import conventions as c
 # fields that are never stored (so that they do not cost the span), and, for OTLP/JSON, the
 # replacement of values nested too deep to be read.
 #
-# Stored fields keep refusing their span: a name, an attribute, a status message, the type and
-# message of an exception event, the scope name and the resource's attributes. Not stored, and so
-# repaired: the trace state, event names (read only to find exceptions and stream chunks) and
-# the other event attributes, links, the scope version and attributes, the resource's entity refs.
+# Fields that make the span's row keep refusing their span: a name, an attribute, a status
+# message, the type and message of an exception event, the scope name and the resource's
+# attributes. Repaired: the fields that are not stored (the trace state, the scope version and
+# attributes, the resource's entity refs) and the span's events and links, stored in rows and
+# a column of their own, where a byte that is not UTF-8 becomes U+FFFD rather than costing the
+# span with its columns (a bad event should not lose the LLM call it belongs to).
 
 _SOURCES = (common_pb2, resource_pb2, trace_pb2, trace_service_pb2)
 _EXCEPTION_KEYS = (c.EXCEPTION_TYPE, c.EXCEPTION_MESSAGE)
@@ -138,7 +140,8 @@ def _fix_any(value: Any) -> bool:
 
 
 def repair_span(span: Any) -> bool:
-    """Repairs the lenient span's fields that are not stored; whether any needed it."""
+    """Repairs the lenient span's fields that are not stored, its events (but the exception
+    fields) and links; whether any needed it."""
     changed = _fix_fields(span, "trace_state")
     for event in span.events:
         changed |= _fix_fields(event, "name")
@@ -193,9 +196,15 @@ def _scrub_keys(raw: dict[str, Any], *names: str) -> bool:
 
 
 def scrub_span(raw: dict[str, Any]) -> bool:
-    """Repairs the fields of an OTLP/JSON span that are not stored (its links are dropped
-    before); whether any needed it."""
+    """Repairs the fields of an OTLP/JSON span that repair_span repairs in protobuf; whether
+    any needed it."""
     changed = _scrub_keys(raw, "traceState", "trace_state")
+    links = raw.get("links")
+    if isinstance(links, list):
+        for n, link in enumerate(links):
+            if isinstance(link, dict):
+                link = links[n] = dict(link)
+                changed |= _scrub_keys(link, "traceState", "trace_state", "attributes")
     events = raw.get("events")
     if not isinstance(events, list):
         return changed

@@ -20,7 +20,7 @@ Item = tuple[str, dict[str, Any]]  # ("trace" | "span", row)
 
 @dataclass(frozen=True)
 class Refused:
-    kind: str  # "trace" | "span"
+    kind: str  # "trace" | "span" | "span_event"
     reason: str
 
 
@@ -42,20 +42,34 @@ def store(
     which is idempotent) and 500 otherwise.
     """
     items: list[Item] = [("trace", t) for t in batch.traces] + [("span", s) for s in batch.spans]
+    # A span's events travel with it, also when the batch is split below.
+    events: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for event in batch.span_events:
+        events.setdefault((event["trace_id"], event["span_id"]), []).append(event)
     stored = Stored()
     if items:
-        _write(conn, items, stored, max_future)
+        _write(conn, items, events, stored, max_future)
     return stored
 
 
 def _write(
-    conn: psycopg.Connection[Any], items: Sequence[Item], stored: Stored, max_future: timedelta
+    conn: psycopg.Connection[Any],
+    items: Sequence[Item],
+    events: dict[tuple[str, str], list[dict[str, Any]]],
+    stored: Stored,
+    max_future: timedelta,
 ) -> None:
     traces = [row for kind, row in items if kind == "trace"]
     spans = [row for kind, row in items if kind == "span"]
+    span_events = [e for s in spans for e in events.get((s["trace_id"], s["span_id"]), ())]
     try:
         result = ingest.write_batch(
-            conn, traces=traces, spans=spans, traces_from_spans=True, max_future=max_future
+            conn,
+            traces=traces,
+            spans=spans,
+            span_events=span_events,
+            traces_from_spans=True,
+            max_future=max_future,
         )
         conn.commit()
     except psycopg.Error as exc:
@@ -74,10 +88,10 @@ def _write(
             )
             return
         middle = len(items) // 2
-        _write(conn, items[:middle], stored, max_future)
-        _write(conn, items[middle:], stored, max_future)
+        _write(conn, items[:middle], events, stored, max_future)
+        _write(conn, items[middle:], events, stored, max_future)
         return
-    by_kind = {"trace": traces, "span": spans}
+    by_kind = {"trace": traces, "span": spans, "span_event": span_events}
     stored.refused += [
         Refused(
             reject.kind,
@@ -91,4 +105,7 @@ def _write(
 def _describe(kind: str, row: dict[str, Any]) -> str:
     if kind == "span":
         return f"span {row.get('trace_id')}/{row.get('span_id')}"
+    if kind == "span_event":
+        span = f"{row.get('trace_id')}/{row.get('span_id')}"
+        return f"event {row.get('event_index')} ({row.get('name')!r}) of span {span}"
     return f"trace {row.get('trace_id')}"

@@ -14,10 +14,10 @@ _RETENTION = """
 select pg_catalog.min((j.config ->> 'drop_after')::interval),
   (select pg_catalog.min(d.time_interval) from timescaledb_information.dimensions as d
     where d.hypertable_schema = 'observability'
-      and d.hypertable_name in ('traces', 'spans', 'document_events'))
+      and d.hypertable_name in ('traces', 'spans', 'span_events', 'document_events'))
 from timescaledb_information.jobs as j
 where j.proc_name = 'policy_retention' and j.hypertable_schema = 'observability'
-  and j.hypertable_name in ('traces', 'spans', 'document_events')
+  and j.hypertable_name in ('traces', 'spans', 'span_events', 'document_events')
 """
 
 
