@@ -5,7 +5,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from celery import Task
+from celery import Task, states
+from celery.exceptions import SoftTimeLimitExceeded
 
 from worker import aggregation, metrics
 from worker.celery_app import app, settings
@@ -27,8 +28,44 @@ class AggregationTask(Task):  # type: ignore[misc]
         except TypeError:
             return
         granularity = arguments.get("granularity")
-        if granularity in GRANULARITIES:
-            metrics.task_failed(granularity)
+        if granularity not in GRANULARITIES:
+            metrics.bad_request("unknown_granularity")
+            return
+        if isinstance(exc, aggregation.InvalidWindow):
+            metrics.bad_request(_bad_request_reason(exc))
+        metrics.task_failed(granularity)
+
+
+def _bad_request_reason(exc: aggregation.InvalidWindow) -> str:
+    if isinstance(exc, aggregation.WindowInFuture):
+        return "future_window"
+    if isinstance(exc, aggregation.RangeBeyondRetention):
+        return "past_retention"
+    return "invalid_window"
+
+
+# A task stopped by its soft time limit has committed its batches; it is sent again at once and
+# resumes where it stopped (backfills from done_until, scheduled runs from the last synced
+# bucket), up to this many times on top of the retries for errors.
+MAX_RESUMES = 48
+
+
+def _already_done(task: Task) -> dict[str, Any] | None:
+    """The result of an earlier delivery of this task id that succeeded (Redis hands a task out
+    again when its acknowledgement was lost, e.g. with the broker down when it finished)."""
+    try:
+        result = task.AsyncResult(task.request.id)
+        if result.state == states.SUCCESS and isinstance(result.result, dict):
+            return result.result
+    except Exception:  # noqa: BLE001 - no result backend answer: run the task
+        return None
+    return None
+
+
+def _resume_after_time_limit(task: Task, exc: SoftTimeLimitExceeded) -> Exception:
+    return task.retry(
+        exc=exc, countdown=1, max_retries=settings.max_retries + MAX_RESUMES, throw=False
+    )
 
 
 _RETRY_OPTIONS: dict[str, Any] = {
@@ -53,13 +90,18 @@ def aggregate_observability_metrics(
 ) -> dict[str, Any]:
     """Refresh the rollups and sync metrics_aggregates; the default window is the latest
     complete bucket and the one before it. start and end are ISO 8601 with a time zone."""
-    return aggregation.aggregate_observability_metrics(
-        granularity,
-        _time(start),
-        _time(end),
-        database_url=WorkerSettings.from_env().database_url,
-        task_id=self.request.id,
-    )
+    if (done := _already_done(self)) is not None:
+        return done
+    try:
+        return aggregation.aggregate_observability_metrics(
+            granularity,
+            _time(start),
+            _time(end),
+            database_url=WorkerSettings.from_env().database_url,
+            task_id=self.request.id,
+        )
+    except SoftTimeLimitExceeded as exc:
+        raise _resume_after_time_limit(self, exc) from exc
 
 
 @app.task(**_RETRY_OPTIONS)
@@ -67,14 +109,19 @@ def backfill_observability_metrics(
     self: Task, start: str, end: str, granularity: str
 ) -> dict[str, Any]:
     """Backfill [start, end), resuming an unfinished backfill of the same range."""
+    if (done := _already_done(self)) is not None:
+        return done
     start_time, end_time = _time(start), _time(end)
     if start_time is None or end_time is None:
         raise aggregation.InvalidWindow("a backfill needs both start and end")
-    return aggregation.backfill_metrics(
-        start_time,
-        end_time,
-        granularity,
-        database_url=WorkerSettings.from_env().database_url,
-        resume=True,
-        task_id=self.request.id,
-    )
+    try:
+        return aggregation.backfill_metrics(
+            start_time,
+            end_time,
+            granularity,
+            database_url=WorkerSettings.from_env().database_url,
+            resume=True,
+            task_id=self.request.id,
+        )
+    except SoftTimeLimitExceeded as exc:
+        raise _resume_after_time_limit(self, exc) from exc
