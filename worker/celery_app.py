@@ -102,7 +102,9 @@ def _start_metrics_server(**_: Any) -> None:
     from worker.metrics_server import restore_last_successes, serve_metrics
 
     restore_last_successes(settings.database_url)
-    serve_metrics(settings.metrics_port, settings.database_url)
+    serve_metrics(
+        settings.metrics_port, settings.database_url, health_timeout=settings.health_timeout
+    )
 
 
 @signals.beat_init.connect
