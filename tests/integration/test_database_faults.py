@@ -72,6 +72,7 @@ def test_database_lost_mid_run_records_its_own_error_once_back(
     agg_conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OBSERVABILITY_BATCH_BUCKETS", "6")
+    monkeypatch.setenv("OBSERVABILITY_LEASE_TTL", "3")  # the lost run could not release it
     start = day_start(9)
     end = start + 24 * HOUR
     _workload(agg_conn, start, 24)
@@ -90,7 +91,9 @@ def test_database_lost_mid_run_records_its_own_error_once_back(
         assert lost["status"] == "running" and lost["done_until"] == start + 6 * HOUR
 
         proxy.heal()
-        summary = backfill_metrics(start, end, "hour", database_url=proxy.url, resume=True)
+        summary = backfill_metrics(
+            start, end, "hour", database_url=proxy.url, resume=True, wait_seconds=30
+        )
     first, second = _runs(agg_conn)
     assert first["status"] == "failed"
     assert first["error"].startswith("OperationalError")
@@ -145,7 +148,7 @@ def test_a_frozen_database_aborts_the_run_instead_of_hanging(
         assert took < 4, f"the scrape waited {took:.1f} s on a frozen database"
 
         proxy.heal()
-        backfill_metrics(start, end, "hour", database_url=proxy.url, resume=True)
+        backfill_metrics(start, end, "hour", database_url=proxy.url, resume=True, wait_seconds=30)
     failed, succeeded = _runs(agg_conn)
     assert failed["status"] == "failed" and "DatabaseUnresponsive" in failed["error"]
     assert succeeded["status"] == "succeeded"
