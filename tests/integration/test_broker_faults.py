@@ -221,15 +221,15 @@ def test_one_task_delivered_twice_runs_once_and_is_not_a_failure(
 def test_a_backfill_stopped_by_its_time_limit_resumes(
     tmp_path: Path, private_redis: RedisServer, agg_conn: psycopg.Connection
 ) -> None:
-    start = day_start(14)
-    end = start + 96 * HOUR
-    traces = create_traces_for_aggregation(count=96 * 2)
-    insert_traces(agg_conn, place(traces, start + timedelta(minutes=4), HOUR / 2))
+    start = day_start(21)
+    end = start + 20 * 24 * HOUR  # hundreds of one-hour batches: several time limits' worth
+    traces = create_traces_for_aggregation(count=20 * 24)
+    insert_traces(agg_conn, place(traces, start + timedelta(minutes=4), HOUR))
     env = {
         **FAST,
         "CELERY_BROKER_URL": private_redis.url,
         "CELERY_RESULT_BACKEND": private_redis.url,
-        "OBSERVABILITY_TASK_TIME_LIMIT": "4",
+        "OBSERVABILITY_TASK_TIME_LIMIT": "3",
         "OBSERVABILITY_BATCH_BUCKETS": "1",
     }
     worker = start_worker(tmp_path, agg_conn.info.dsn, extra_env=env)
