@@ -4,7 +4,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from threading import Lock, Thread
@@ -60,6 +60,21 @@ def _read(database_url: str) -> _Reading:
         return reading
 
 
+def _in_thread(database_url: str) -> Future[_Reading]:
+    # A daemon thread, not an executor's: a reading stuck on a frozen database must not keep
+    # the process from exiting.
+    future: Future[_Reading] = Future()
+
+    def read() -> None:
+        try:
+            future.set_result(_read(database_url))
+        except BaseException as exc:  # noqa: BLE001 - handed to the scrape waiting for it
+            future.set_exception(exc)
+
+    Thread(target=read, name="health", daemon=True).start()
+    return future
+
+
 class DatabaseHealthCollector(Collector):
     """Freshness of every rollup, rows dated ahead of now and the database-side policy jobs,
     read at scrape time."""
@@ -69,7 +84,6 @@ class DatabaseHealthCollector(Collector):
         self.timeout = timeout
         # One reading at a time, in a thread, so a scrape waits at most `timeout`; a reading
         # still stuck on a frozen database is waited for again by the next scrape, not doubled.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="health")
         self._pending: Future[_Reading] | None = None
         self._lock = Lock()
 
@@ -77,7 +91,7 @@ class DatabaseHealthCollector(Collector):
         assert self.database_url
         with self._lock:
             if self._pending is None or self._pending.done():
-                self._pending = self._executor.submit(_read, self.database_url)
+                self._pending = _in_thread(self.database_url)
             pending = self._pending
         return pending.result(timeout=self.timeout)
 
