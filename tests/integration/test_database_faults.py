@@ -252,3 +252,29 @@ def test_stuck_runs_and_held_leases_are_exported_and_shown(agg_conn: psycopg.Con
     shown = "\n".join(status)
     assert "1 day run marked running with no worker holding its lease" in shown
     assert "aggregation:hour" in shown and "task-7" in shown
+
+
+def test_worker_sessions_carry_a_statement_timeout_and_keepalives(
+    agg_conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.aggregation.connections import connect
+
+    with connect(agg_conn.info.dsn, statement_timeout=7) as conn:
+        row = conn.execute("show statement_timeout").fetchone()
+        dsn = conn.info.dsn
+    assert row == ("7s",)
+    # client-side: libpq applies them to the socket
+    assert "keepalives_idle=30" in dsn and "connect_timeout=10" in dsn
+    # the run's sessions get the configured limit
+    monkeypatch.setenv("OBSERVABILITY_STATEMENT_TIMEOUT", "11")
+    seen: list[Any] = []
+    real_refresh = aggregation_service.refresh_rollups
+
+    def refresh(conn: psycopg.Connection, batch: Any, **options: Any) -> None:
+        seen.append(conn.execute("show statement_timeout").fetchone())
+        real_refresh(conn, batch, **options)
+
+    monkeypatch.setattr(aggregation_service, "refresh_rollups", refresh)
+    start = day_start(5)
+    backfill_metrics(start, start + HOUR, "hour", database_url=agg_conn.info.dsn)
+    assert seen == [("11s",)]
