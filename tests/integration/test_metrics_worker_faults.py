@@ -18,6 +18,8 @@ from worker.aggregation import service as aggregation_service
 from worker.tasks import aggregate_observability_metrics as aggregate_task
 from worker.tasks import backfill_observability_metrics as backfill_task
 
+pytestmark = pytest.mark.faults
+
 HOUR = timedelta(hours=1)
 # Short enough that a killed worker's lease and unacknowledged task come back within the test.
 FAST_RECOVERY = {
