@@ -7,7 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from worker.models import GRANULARITIES
 
-# Labels stay bounded: granularity (3 values) and outcome (success, failure, busy). Never ids.
+# Labels stay bounded: granularity (3 values) and outcome (success, failure, busy, stopped: by the
+# task's time limit, to resume). Never ids.
 # Under a prefork Celery worker they live in PROMETHEUS_MULTIPROC_DIR (worker/metrics_server.py).
 AGGREGATION_DURATION = Histogram(
     "observability_aggregation_duration_seconds",
@@ -42,7 +43,7 @@ BAD_REQUESTS = Counter(
 )
 BAD_REQUEST_REASONS = ("unknown_granularity", "invalid_window", "future_window", "past_retention")
 
-OUTCOMES = ("success", "failure", "busy")
+OUTCOMES = ("success", "failure", "busy", "stopped")
 
 
 def initialise_series() -> None:

@@ -79,6 +79,7 @@ class Lease:
     _stop: threading.Event = field(default_factory=threading.Event)
     # Set by the heartbeat when the database has not answered for unresponsive_after seconds.
     unresponsive_for: float | None = None
+    database_url: str | None = None
 
     def renew(self) -> None:
         params = {"name": self.name, "holder": self.holder, "ttl": self.ttl}
@@ -103,6 +104,7 @@ class Lease:
         connection, so one long batch does not let it expire under us. When no renewal has
         got through for unresponsive_after seconds, shut the run's connection down, so a query
         waiting on a frozen database fails instead of hanging."""
+        self.database_url = database_url
         thread = threading.Thread(
             target=self._heartbeat,
             args=(database_url, unresponsive_after),
@@ -139,10 +141,16 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
-        # When the connection is gone the lease is left to expire; raising here would hide
-        # the error that got us here.
+        params = {"name": self.name, "holder": self.holder}
+        # When the run's connection was closed under a statement (a time limit), a new one
+        # frees the lease for the attempt that resumes the run. When the database is gone the
+        # lease is left to expire; raising here would hide the error that got us here.
         with suppress(psycopg.Error):
-            self.conn.execute(_RELEASE, {"name": self.name, "holder": self.holder})
+            if not self.conn.closed:
+                self.conn.execute(_RELEASE, params)
+            elif self.database_url and self.unresponsive_for is None:
+                with connect(self.database_url, connect_timeout=5) as conn:
+                    conn.execute(_RELEASE, params)
 
     def __enter__(self) -> Lease:
         return self

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from worker import metrics
 from worker.aggregation import outcomes
@@ -238,7 +239,9 @@ def _run(
                         if progress is not None:
                             progress(batch, counts)
                 except BaseException as exc:
-                    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                    # Stopped (interrupted, or by the task's time limit: it resumes) or failed.
+                    stopped = isinstance(exc, KeyboardInterrupt | SoftTimeLimitExceeded)
+                    status = "interrupted" if stopped else "failed"
                     failure = _unresponsive(exc, lease.unresponsive_for)
                     error = f"{type(failure).__name__}: {failure}"
                     _record_failure(conn, url, run, status, error)
@@ -249,6 +252,9 @@ def _run(
         outcome = "success"
     except (LeaseBusy, ConcurrentRefresh):
         outcome = "busy"
+        raise
+    except SoftTimeLimitExceeded:
+        outcome = "stopped"  # not a failure: the task resumes where it stopped
         raise
     finally:
         duration = time.perf_counter() - started
