@@ -122,6 +122,9 @@ def test_database_unreachable_retries_then_fails_visibly(
         with pytest.raises(psycopg.OperationalError):
             result.get(timeout=120)
         assert result.state == "FAILURE"
+        # Celery stores the failure, then calls on_failure, which counts it: wait for that
+        failed = "observability_aggregation_task_failures_total"
+        wait_for(lambda: sample(worker.scrape(), failed, granularity="hour") == 1, timeout=20)
         samples = worker.scrape()
         log = worker.log()
     finally:
