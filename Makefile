@@ -16,7 +16,7 @@ NODE_STAMP := engine/node_modules/.setup-stamp
 SYSTEM_TOOLS := prometheus promtool docker-compose psql
 SYSTEM_PACKAGES := prometheus docker-compose postgresql-client
 
-.PHONY: setup system-tools test fuzz lint format demo bench clean distclean
+.PHONY: setup system-tools test test-faults fuzz lint format demo bench clean distclean
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
@@ -47,6 +47,11 @@ system-tools:
 
 test: setup system-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Only the fault tests (marked `faults`): killed workers, lost or frozen database links, Redis
+# killed under a running task. `make test` runs them too.
+test-faults: setup system-tools
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
 # The oracle (tests/oracle/) with random seeds until FUZZ_SECONDS have passed, each case on a
 # clean database. The seed is printed first; `make fuzz FUZZ_SEED=...` replays it.

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,18 @@ def sample(samples: Mapping[tuple[str, Any], float], name: str, **labels: str) -
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
+# Gossip, mingle and heartbeats make a test worker slower to start and to stop; the deployed
+# worker runs with them, so the broker fault tests pass options=() to do the same.
+QUIET = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
+
 def start_worker(
-    tmp_path: Path, database_url: str, *, concurrency: int = 1, extra_env: Mapping[str, str] = {}
+    tmp_path: Path,
+    database_url: str,
+    *,
+    concurrency: int = 1,
+    extra_env: Mapping[str, str] = {},
+    options: Sequence[str] = QUIET,
 ) -> CeleryWorker:
     port = free_port()
     multiproc = tmp_path / f"prometheus-{port}"
@@ -97,8 +107,7 @@ def start_worker(
     command = [
         sys.executable, "-m", "celery", "-A", "worker.scheduling.app", "worker",
         "--pool=prefork", f"--concurrency={concurrency}", "--loglevel=INFO",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-        f"--hostname=test-{port}@%h",
+        *options, f"--hostname=test-{port}@%h",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(

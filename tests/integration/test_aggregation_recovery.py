@@ -119,11 +119,17 @@ def test_resume_continues_only_the_latest_unfinished_backfill(
     assert _overall_counts(agg_conn)[start] == 2
 
 
-def test_a_redelivered_task_takes_over_its_own_lease(agg_conn: psycopg.Connection) -> None:
+def test_a_second_delivery_of_a_task_waits_for_its_lease(agg_conn: psycopg.Connection) -> None:
     ttl = timedelta(minutes=10)
-    acquire(agg_conn, "aggregation:week", ttl, holder="dead-host:1:a", task_id="task-1")
+    acquire(agg_conn, "aggregation:week", ttl, holder="live-host:1:a", task_id="task-1")
+    # the first delivery may still be running: the same task id gets no pass
     with pytest.raises(LeaseBusy):
-        acquire(agg_conn, "aggregation:week", ttl, holder="other:2:b", task_id="task-2")
+        acquire(agg_conn, "aggregation:week", ttl, holder="new-host:3:c", task_id="task-1")
+    # its worker died: the lease is not renewed and expires, then the redelivery takes it
+    agg_conn.execute(
+        "update observability.worker_leases set acquired_at = now() - interval '2 minutes',"
+        " expires_at = now() - interval '1 second' where name = 'aggregation:week'"
+    )
     lease = acquire(agg_conn, "aggregation:week", ttl, holder="new-host:3:c", task_id="task-1")
     row = agg_conn.execute(
         "select holder from observability.worker_leases where name = 'aggregation:week'"

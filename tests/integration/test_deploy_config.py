@@ -137,6 +137,19 @@ def test_named_volumes_and_existing_bind_mounts() -> None:
                 assert Path(source).exists(), f"{name} mounts missing {source}"
 
 
+def test_redis_keeps_its_queue_and_long_running_services_restart() -> None:
+    services = resolved()["services"]
+    redis_command = " ".join(command_of(services["redis"]))
+    # Unacknowledged tasks live in Redis: the append-only file keeps them across a restart, so
+    # a task in flight when Redis died is handed out again instead of lost.
+    assert "--appendonly yes" in redis_command
+    assert any(volume_source(v) == "redis-data" for v in services["redis"]["volumes"])
+    one_shot = {"migrate", "grafana-reader"}
+    for name, service in services.items():
+        expected = "no" if name in one_shot else "unless-stopped"
+        assert service.get("restart") == expected, (name, service.get("restart"))
+
+
 def test_health_checks_and_start_order() -> None:
     services = resolved()["services"]
     for name in ("db", "redis", "worker", "ingest", "prometheus", "grafana"):

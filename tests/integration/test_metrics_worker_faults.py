@@ -21,6 +21,8 @@ from worker.scheduling.tasks import AGGREGATE_TASK, BACKFILL_TASK
 aggregate_task = celery_app.tasks[AGGREGATE_TASK]
 backfill_task = celery_app.tasks[BACKFILL_TASK]
 
+pytestmark = pytest.mark.faults
+
 HOUR = timedelta(hours=1)
 # Short enough that a killed worker's lease and unacknowledged task come back within the test.
 FAST_RECOVERY = {
@@ -123,6 +125,9 @@ def test_database_unreachable_retries_then_fails_visibly(
         with pytest.raises(psycopg.OperationalError):
             result.get(timeout=120)
         assert result.state == "FAILURE"
+        # Celery stores the failure, then calls on_failure, which counts it: wait for that
+        failed = "observability_aggregation_task_failures_total"
+        wait_for(lambda: sample(worker.scrape(), failed, granularity="hour") == 1, timeout=20)
         samples = worker.scrape()
         log = worker.log()
     finally:

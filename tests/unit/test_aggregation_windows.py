@@ -99,9 +99,14 @@ def test_bad_arguments_are_not_retried_but_outages_are() -> None:
 def test_settings_defaults_keep_time_limits_below_the_visibility_timeout() -> None:
     settings = WorkerSettings.from_env({})
     assert settings.broker_url == "redis://127.0.0.1:6379/0"
-    assert settings.soft_time_limit < settings.time_limit < settings.visibility_timeout == 3600
+    # a task lost with its worker is handed out again within five minutes
+    assert settings.soft_time_limit < settings.time_limit < settings.visibility_timeout == 300
     # a retry's countdown is spent unacknowledged too
     assert settings.time_limit + settings.retry_backoff_max < settings.visibility_timeout
+    # a dead worker's lease blocks the redelivered task for a minute at most
+    assert settings.lease_ttl == 60
+    # the database gives up on a statement before the task's time limit stops the task
+    assert 0 < settings.statement_timeout < settings.soft_time_limit
     assert settings.database_url is None
 
 

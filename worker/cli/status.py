@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -15,6 +15,7 @@ from worker.formatting import format_duration, format_table, format_time
 if TYPE_CHECKING:
     from worker.cli.common import SubParsers
     from worker.monitoring.health import JobStatus, RollupHealth
+    from worker.rollups.liveness import HeldLease, RunningRuns
     from worker.rollups.runs import GranularityStatus
 
 log = logging.getLogger("worker.status")
@@ -44,19 +45,22 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         return 2
     from worker.monitoring.health import rollup_health
+    from worker.rollups.liveness import held_leases, running_runs
     from worker.rollups.runs import granularity_statuses
 
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             health = rollup_health(conn)
             runs = granularity_statuses(conn)
+            running = running_runs(conn)
+            leases = held_leases(conn)
     except psycopg.OperationalError as exc:
         log.error("cannot reach the database: %s", exc)
         return 1
     except psycopg.errors.UndefinedTable as exc:
         log.error("the observability schema is not installed (python -m worker migrate): %s", exc)
         return 1
-    print("\n".join(render(health) + ["", *render_runs(runs)]))
+    print("\n".join(render(health) + ["", *render_runs(runs), *render_liveness(running, leases)]))
     return 0
 
 
@@ -79,6 +83,40 @@ def render_runs(runs: Sequence[GranularityStatus]) -> list[str]:
     for run in runs:
         if run.last_run_status == "failed" and run.last_error:
             lines.append(f"last {run.granularity} run failed with: {run.last_error}")
+        elif run.last_run_status == "interrupted" and run.last_error:
+            lines.append(f"last {run.granularity} run was {run.last_error}")
+    return lines
+
+
+def render_liveness(running: Sequence[RunningRuns], leases: Sequence[HeldLease]) -> list[str]:
+    lines = []
+    for runs in running:
+        if runs.stuck:
+            lines.append(
+                f"{_plural(runs.stuck, runs.granularity + ' run')} marked running with no worker "
+                "holding its lease: abandoned, to be resumed by the next run of "
+                f"{runs.granularity}"
+            )
+        elif runs.running and runs.oldest_seconds is not None:
+            age = format_duration(timedelta(seconds=runs.oldest_seconds))
+            lines.append(f"{runs.granularity} run under way for {age}")
+    if leases:
+        lines += ["", "leases held"]
+        lines += format_table(
+            ["lease", "holder", "task", "held for", "expires"],
+            [
+                [
+                    lease.name,
+                    lease.holder,
+                    lease.task_id or "-",
+                    format_duration(timedelta(seconds=lease.held_seconds)),
+                    format_time(lease.expires_at),
+                ]
+                for lease in leases
+            ],
+        )
+    else:
+        lines.append("leases held: none")
     return lines
 
 

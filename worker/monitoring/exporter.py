@@ -4,7 +4,11 @@ import logging
 import math
 import os
 from collections.abc import Iterable
-from threading import Thread
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from threading import Lock, Thread
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import psycopg
@@ -14,41 +18,110 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from worker.clock import CLOCK_SKEW
-from worker.monitoring.health import rollup_health
+from worker.monitoring.health import RollupHealth, rollup_health
+from worker.rollups.connections import connect
+from worker.rollups.liveness import (
+    LEASE_NAMES,
+    HeldLease,
+    RunningRuns,
+    held_leases,
+    running_runs,
+)
 
-log = logging.getLogger("worker.rollups.metrics")
+log = logging.getLogger("worker.exporter")
 
 CONNECT_TIMEOUT_SECONDS = 5
+# How long a scrape waits for the database by default; a frozen database must not freeze scrapes.
+HEALTH_TIMEOUT_SECONDS = 2.0
+# Server-side bound on one health query.
+HEALTH_STATEMENT_TIMEOUT_SECONDS = 30
+
+# observability_aggregation_last_success comes from the recorded runs once per process: at
+# start-up, or at the first scrape that reaches the database when it was down at start-up.
+_seeded = Lock()
+_seeded_done = False
+
+
+@dataclass(frozen=True)
+class _Reading:
+    health: RollupHealth
+    runs: list[RunningRuns]
+    leases: list[HeldLease]
+
+
+def _read(database_url: str) -> _Reading:
+    with connect(
+        database_url,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        statement_timeout=HEALTH_STATEMENT_TIMEOUT_SECONDS,
+    ) as conn:
+        reading = _Reading(rollup_health(conn), running_runs(conn), held_leases(conn))
+        if not _seeded_done:
+            _seed_last_successes(conn)
+        return reading
+
+
+def _in_thread(database_url: str) -> Future[_Reading]:
+    # A daemon thread, not an executor's: a reading stuck on a frozen database must not keep
+    # the process from exiting.
+    future: Future[_Reading] = Future()
+
+    def read() -> None:
+        try:
+            future.set_result(_read(database_url))
+        except BaseException as exc:  # noqa: BLE001 - handed to the scrape waiting for it
+            future.set_exception(exc)
+
+    Thread(target=read, name="health", daemon=True).start()
+    return future
 
 
 class DatabaseHealthCollector(Collector):
     """Freshness of every rollup, rows dated ahead of now and the database-side policy jobs,
     read at scrape time."""
 
-    def __init__(self, database_url: str | None) -> None:
+    def __init__(self, database_url: str | None, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
         self.database_url = database_url
+        self.timeout = timeout
+        # One reading at a time, in a thread, so a scrape waits at most `timeout`; a reading
+        # still stuck on a frozen database is waited for again by the next scrape, not doubled.
+        self._pending: Future[_Reading] | None = None
+        self._lock = Lock()
+
+    def _reading(self) -> _Reading:
+        assert self.database_url
+        with self._lock:
+            if self._pending is None or self._pending.done():
+                self._pending = _in_thread(self.database_url)
+            pending = self._pending
+        return pending.result(timeout=self.timeout)
 
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily(
             "observability_database_up",
-            "1 when the health check reached the database and read the rollups, else 0",
+            "1 when the health check reached the database and read the rollups within the "
+            "scrape's time budget, else 0",
         )
         if not self.database_url:
             up.add_metric([], 0)
             yield up
             return
         try:
-            with psycopg.connect(
-                self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-            ) as conn:
-                health = rollup_health(conn)
+            reading = self._reading()
+        except FutureTimeout:
+            log.warning("health check: the database did not answer within %g s", self.timeout)
+            up.add_metric([], 0)
+            yield up
+            return
         except psycopg.Error as exc:
             log.warning("health check could not read the database: %s", exc)
             up.add_metric([], 0)
             yield up
             return
+        health = reading.health
         up.add_metric([], 1)
         yield up
+        yield from _liveness(reading)
 
         lag = GaugeMetricFamily(
             "observability_rollup_lag_seconds",
@@ -131,6 +204,47 @@ class DatabaseHealthCollector(Collector):
         yield never
 
 
+def _liveness(reading: _Reading) -> Iterable[Metric]:
+    running = GaugeMetricFamily(
+        "observability_aggregation_running_runs",
+        "Aggregation runs marked running in observability.aggregation_runs",
+        labels=["granularity"],
+    )
+    stuck = GaugeMetricFamily(
+        "observability_aggregation_stuck_runs",
+        "Runs marked running whose granularity no live lease covers: their worker is gone and "
+        "no run has come since to mark them abandoned and resume their range",
+        labels=["granularity"],
+    )
+    oldest = GaugeMetricFamily(
+        "observability_aggregation_oldest_running_run_seconds",
+        "Age of the oldest run marked running (absent when none is)",
+        labels=["granularity"],
+    )
+    for runs in reading.runs:
+        running.add_metric([runs.granularity], runs.running)
+        stuck.add_metric([runs.granularity], runs.stuck)
+        if runs.oldest_seconds is not None:
+            oldest.add_metric([runs.granularity], runs.oldest_seconds)
+    held = GaugeMetricFamily(
+        "observability_worker_lease_held",
+        "1 while a run holds the lease (unexpired), else 0",
+        labels=["lease"],
+    )
+    held_for = GaugeMetricFamily(
+        "observability_worker_lease_held_seconds",
+        "How long the current holder has held the lease (absent when free)",
+        labels=["lease"],
+    )
+    leases = {lease.name: lease for lease in reading.leases}
+    for name in sorted({*LEASE_NAMES, *leases}):
+        lease = leases.get(name)
+        held.add_metric([name], 1 if lease else 0)
+        if lease is not None:
+            held_for.add_metric([name], lease.held_seconds)
+    yield from (running, stuck, oldest, held, held_for)
+
+
 def _skew() -> str:
     return f"{int(CLOCK_SKEW.total_seconds() // 60)} minutes"
 
@@ -140,7 +254,9 @@ class _ProcessLocal(Collector):
         yield from REGISTRY.collect()
 
 
-def build_registry(database_url: str | None) -> CollectorRegistry:
+def build_registry(
+    database_url: str | None, health_timeout: float = HEALTH_TIMEOUT_SECONDS
+) -> CollectorRegistry:
     """The task metrics (merged across prefork children when PROMETHEUS_MULTIPROC_DIR is set)
     plus the database health read at scrape time."""
     registry = CollectorRegistry()
@@ -148,14 +264,18 @@ def build_registry(database_url: str | None) -> CollectorRegistry:
         MultiProcessCollector(registry)
     else:
         registry.register(_ProcessLocal())
-    registry.register(DatabaseHealthCollector(database_url))
+    registry.register(DatabaseHealthCollector(database_url, health_timeout))
     return registry
 
 
 def serve_metrics(
-    port: int, database_url: str | None, addr: str = "0.0.0.0"
+    port: int,
+    database_url: str | None,
+    addr: str = "0.0.0.0",
+    health_timeout: float = HEALTH_TIMEOUT_SECONDS,
 ) -> tuple[WSGIServer, Thread]:
-    server, thread = start_http_server(port, addr, registry=build_registry(database_url))
+    registry = build_registry(database_url, health_timeout)
+    server, thread = start_http_server(port, addr, registry=registry)
     log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, server.server_port)
     return server, thread
 
@@ -164,14 +284,25 @@ def restore_last_successes(database_url: str | None) -> None:
     """Seed observability_aggregation_last_success from the recorded runs."""
     if not database_url:
         return
+    try:
+        with connect(database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            _seed_last_successes(conn)
+    except psycopg.Error as exc:
+        log.warning(
+            "could not read the last successful runs (read again at the first scrape that "
+            "reaches the database): %s",
+            exc,
+        )
+
+
+def _seed_last_successes(conn: psycopg.Connection[Any]) -> None:
+    global _seeded_done
     from worker.rollups.metrics import restore_last_success
     from worker.rollups.runs import last_successes
 
-    try:
-        with psycopg.connect(
-            database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-        ) as conn:
-            for granularity, at in last_successes(conn).items():
-                restore_last_success(granularity, at.timestamp())
-    except psycopg.Error as exc:
-        log.warning("could not read the last successful runs: %s", exc)
+    with _seeded:
+        if _seeded_done:
+            return
+        for granularity, at in last_successes(conn).items():
+            restore_last_success(granularity, at.timestamp())
+        _seeded_done = True

@@ -5,6 +5,7 @@ from worker.rollups.refresh import ConcurrentRefresh
 from worker.rollups.service import (
     MissingDatabaseUrl,
     RangeBeyondRetention,
+    WindowInFuture,
     aggregate_observability_metrics,
     backfill_metrics,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "MissingDatabaseUrl",
     "RangeBeyondRetention",
     "Window",
+    "WindowInFuture",
     "aggregate_observability_metrics",
     "backfill_metrics",
 ]

@@ -7,7 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from worker.models import GRANULARITIES
 
-# Labels stay bounded: granularity (3 values) and outcome (success, failure, busy). Never ids.
+# Labels stay bounded: granularity (3 values) and outcome (success, failure, busy, stopped: by the
+# task's time limit, to resume). Never ids.
 # Under a prefork Celery worker they live in PROMETHEUS_MULTIPROC_DIR (monitoring/exporter.py).
 AGGREGATION_DURATION = Histogram(
     "observability_aggregation_duration_seconds",
@@ -17,7 +18,8 @@ AGGREGATION_DURATION = Histogram(
 )
 RECORDS_PROCESSED = Counter(
     "observability_aggregation_records_processed",
-    "metrics_aggregates rows created, updated or deleted by aggregation runs",
+    "metrics_aggregates rows created, updated or deleted by aggregation runs, counted as each "
+    "batch is committed",
     ["granularity"],
 )
 LAST_SUCCESS = Gauge(
@@ -33,7 +35,15 @@ TASK_FAILURES = Counter(
     ["granularity"],
 )
 
-OUTCOMES = ("success", "failure", "busy")
+BAD_REQUESTS = Counter(
+    "observability_aggregation_bad_requests",
+    "Aggregation tasks refused for their arguments (unknown granularity, a window that is "
+    "malformed, in the future or past the retention horizon); no retry can fix them",
+    ["reason"],
+)
+BAD_REQUEST_REASONS = ("unknown_granularity", "invalid_window", "future_window", "past_retention")
+
+OUTCOMES = ("success", "failure", "busy", "stopped")
 
 
 def initialise_series() -> None:
@@ -45,6 +55,8 @@ def initialise_series() -> None:
             AGGREGATION_DURATION.labels(granularity, outcome)
         RECORDS_PROCESSED.labels(granularity)
         TASK_FAILURES.labels(granularity)
+    for reason in BAD_REQUEST_REASONS:
+        BAD_REQUESTS.labels(reason)
 
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -61,6 +73,15 @@ def observe_run(
         RECORDS_PROCESSED.labels(granularity).inc(records)
     if outcome == "success" and scheduled:
         LAST_SUCCESS.labels(granularity).set(time.time())
+
+
+def records_committed(granularity: str, records: int) -> None:
+    if records:
+        RECORDS_PROCESSED.labels(granularity).inc(records)
+
+
+def bad_request(reason: str) -> None:
+    BAD_REQUESTS.labels(reason).inc()
 
 
 def task_failed(granularity: str) -> None:

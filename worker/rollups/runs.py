@@ -34,12 +34,25 @@ where kind = 'backfill' and granularity = %s and range_start = %s and range_end 
 order by started_at desc, id desc
 limit 1
 """
-# Runs still marked running whose worker died: nobody holds the granularity's lease any more.
+# Runs still marked running once their holder is gone: the caller holds the granularity's lease,
+# so no live run can own them. Their worker was killed, or it lost the database and could not
+# record why (it records that itself once it reaches the database again: record_failure).
+ABANDONED_ERROR = (
+    "abandoned: no worker holds its lease any more (its worker was killed, or lost the broker "
+    "or the database before it could record the outcome); what it committed is kept up to "
+    "done_until, and the rest is resumed"
+)
 _ABANDONED = """
 update observability.aggregation_runs as r
-set status = 'interrupted', error = 'the worker stopped without finishing the run',
-  finished_at = pg_catalog.now()
+set status = 'interrupted', error = %s, finished_at = pg_catalog.now()
 where r.status = 'running' and r.granularity = %s
+"""
+# A failure recorded late (the database was unreachable when it happened); it replaces the
+# abandoned note another run may have written meanwhile, never a recorded outcome.
+_LATE_FAILURE = """
+update observability.aggregation_runs
+set status = 'failed', error = %(error)s, finished_at = coalesce(finished_at, pg_catalog.now())
+where id = %(id)s and (status = 'running' or (status = 'interrupted' and error = %(abandoned)s))
 """
 # Scheduled runs only: a backfill of an old range says nothing about the schedule's health.
 _LAST_SUCCESS = """
@@ -48,9 +61,12 @@ from observability.aggregation_runs
 where status = 'succeeded' and kind = 'scheduled'
 group by granularity
 """
+# Where scheduled runs got to, counting the committed batches of one that did not finish (killed,
+# stopped by its time limit): each starts at or before that point, so what lies before it is
+# synced, and the next run resumes there instead of starting over.
 _LAST_SCHEDULED_END = """
-select max(range_end) from observability.aggregation_runs
-where status = 'succeeded' and kind = 'scheduled' and granularity = %s
+select max(done_until) from observability.aggregation_runs
+where kind = 'scheduled' and granularity = %s
 """
 
 
@@ -95,7 +111,12 @@ def finish_run(
 
 def mark_abandoned(conn: psycopg.Connection[Any], granularity: str) -> None:
     """Close runs left 'running' by a dead worker. Call only while holding the lease."""
-    conn.execute(_ABANDONED, [granularity])
+    conn.execute(_ABANDONED, [ABANDONED_ERROR, granularity])
+
+
+def record_failure(conn: psycopg.Connection[Any], run_id: int, error: str) -> None:
+    """Record why a run failed after the fact, unless its outcome is already recorded."""
+    conn.execute(_LATE_FAILURE, {"id": run_id, "error": error, "abandoned": ABANDONED_ERROR})
 
 
 def unfinished_backfill(conn: psycopg.Connection[Any], window: Window) -> datetime | None:

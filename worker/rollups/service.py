@@ -8,13 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from worker.clock import CLOCK_SKEW
 from worker.models.granularities import BY_NAME
-from worker.rollups import metrics
-from worker.rollups.leases import LeaseBusy, acquire
+from worker.rollups import metrics, outcomes
+from worker.rollups.connections import connect
+from worker.rollups.leases import DatabaseUnresponsive, LeaseBusy, acquire
 from worker.rollups.refresh import ConcurrentRefresh, refresh_rollups, retry_busy
 from worker.rollups.runs import (
+    RunRecord,
     finish_run,
     last_scheduled_end,
     mark_abandoned,
@@ -38,7 +41,6 @@ log = logging.getLogger("worker.rollups")
 
 Progress = Callable[[Window, SyncCounts], None]
 
-CONNECT_TIMEOUT_SECONDS = 10
 # Backfills wait out another session's refresh of the same rollup (55P03) this many times,
 # doubling the pause from one second; scheduled runs leave retrying to Celery.
 BACKFILL_REFRESH_RETRIES = 6
@@ -96,15 +98,16 @@ def aggregate_observability_metrics(
     now = now or datetime.now(UTC)
     if start is None and end is None:
         window = default_window(granularity, now)
-        return _run(
-            "scheduled",
-            window,
-            _url(database_url),
-            now=now,
-            force=force,
-            task_id=task_id,
-            settings=settings,
+        url = _url(database_url)
+        summary = _run(
+            "scheduled", window, url, now=now, force=force, task_id=task_id, settings=settings
         )
+        # Backfills whose worker died and whose task will not come back (it was not sent by
+        # Celery, or the broker lost it) are taken up by the next scheduled run.
+        summary["resumed_backfills"] = outcomes.resume_unfinished_backfills(
+            granularity, url, now, backfill_metrics
+        )
+        return summary
     if start is None or end is None:
         raise InvalidWindow("pass both start and end, or neither (the latest complete buckets)")
     window = backfill_window(granularity, start, end, now)
@@ -208,7 +211,8 @@ def _run(
     outcome = "failure"
     resume_from = None
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+        with connect(url, statement_timeout=settings.statement_timeout) as conn:
+            outcomes.record_unrecorded(conn)
             horizon = raw_horizon(conn, now)
             if requested_start is not None and horizon is not None:
                 check_retention(requested_start, horizon, (now - horizon).days)
@@ -219,7 +223,7 @@ def _run(
                 task_id=task_id,
                 wait_seconds=wait_seconds,
             ) as lease:
-                lease.keep_alive(url)
+                lease.keep_alive(url, unresponsive_after=settings.unresponsive_timeout)
                 mark_abandoned(conn, window.granularity)
                 if kind == "scheduled":
                     window = _catch_up(conn, window)
@@ -230,26 +234,35 @@ def _run(
                         window.granularity, resume_from or window.start, window.end
                     ).batches(settings.batch_buckets or None):
                         _refresh(conn, batch, force, refresh_retries, horizon, now)
-                        counts.add(sync_window(conn, batch))
+                        synced = sync_window(conn, batch)
+                        counts.add(synced)
                         run.buckets += batch.buckets
                         record_progress(conn, run, batch.end, counts)
+                        _committed(window.granularity, synced.processed)
                         lease.renew()
                         if progress is not None:
                             progress(batch, counts)
                 except BaseException as exc:
-                    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                    # If the database went away, the next run marks this one abandoned.
-                    with suppress(psycopg.Error):
-                        finish_run(conn, run, status, f"{type(exc).__name__}: {exc}")
+                    # Stopped (interrupted, or by the task's time limit: it resumes) or failed.
+                    stopped = isinstance(exc, KeyboardInterrupt | SoftTimeLimitExceeded)
+                    status = "interrupted" if stopped else "failed"
+                    failure = _unresponsive(exc, lease.unresponsive_for)
+                    error = f"{type(failure).__name__}: {failure}"
+                    _record_failure(conn, url, run, status, error)
+                    if failure is not exc:
+                        raise failure from exc
                     raise
                 finish_run(conn, run, "succeeded")
         outcome = "success"
     except (LeaseBusy, ConcurrentRefresh):
         outcome = "busy"
         raise
+    except SoftTimeLimitExceeded:
+        outcome = "stopped"  # not a failure: the task resumes where it stopped
+        raise
     finally:
         duration = time.perf_counter() - started
-        _observe(window.granularity, outcome, duration, counts.processed, kind == "scheduled")
+        _observe(window.granularity, outcome, duration, kind == "scheduled")
     return {
         "kind": kind,
         "granularity": window.granularity,
@@ -265,11 +278,48 @@ def _run(
     }
 
 
-def _observe(granularity: str, outcome: str, seconds: float, records: int, scheduled: bool) -> None:
+def _observe(granularity: str, outcome: str, seconds: float, scheduled: bool) -> None:
     # The work is done (or failed for its own reason); a broken metrics directory must not turn
     # that into a different error.
     try:
-        metrics.observe_run(granularity, outcome, seconds, records, scheduled=scheduled)
+        metrics.observe_run(granularity, outcome, seconds, 0, scheduled=scheduled)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not record the run's Prometheus metrics: %s", exc)
+
+
+def _record_failure(
+    conn: psycopg.Connection[Any], url: str, run: RunRecord, status: str, error: str
+) -> None:
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+        # Interrupted mid-statement (a time limit): stop the statement, record on a new session.
+        with suppress(psycopg.Error):
+            conn.cancel_safe(timeout=5)
+        with suppress(psycopg.Error):
+            conn.close()
+    try:
+        if conn.closed:
+            with connect(url, connect_timeout=5) as other:
+                finish_run(other, run, status, error)
+        else:
+            finish_run(conn, run, status, error)
+    except psycopg.Error:
+        # The database is gone: the next run in this process records it.
+        outcomes.remember(run.id, error)
+
+
+def _unresponsive(exc: BaseException, silent_for: float | None) -> BaseException:
+    if silent_for is None:
+        return exc
+    return DatabaseUnresponsive(
+        f"the database did not answer for {silent_for:.0f} s "
+        f"(OBSERVABILITY_DB_UNRESPONSIVE_TIMEOUT), so the run was aborted: {exc}"
+    )
+
+
+def _committed(granularity: str, records: int) -> None:
+    # Counted batch by batch as each is committed, so an attempt killed later still counts them.
+    try:
+        metrics.records_committed(granularity, records)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not record the run's Prometheus metrics: %s", exc)
 

@@ -45,6 +45,8 @@ _TRANSPORT_OPTIONS = {
     "visibility_timeout": settings.visibility_timeout,
     "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 10)),
     "unacked_restore_throttle": 10 if settings.visibility_timeout >= 1000 else 1,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
 }
 
 app = Celery("worker")
@@ -52,8 +54,21 @@ app.conf.update(
     broker_url=settings.broker_url,
     result_backend=settings.result_backend,
     broker_connection_retry_on_startup=True,
+    # Reconnect to a lost broker for as long as it takes (the default gives up after 100
+    # attempts, and the worker then exits).
+    broker_connection_max_retries=None,
+    # A task running when the broker goes away finishes its work; its acknowledgement may be
+    # lost with the connection, and then Redis hands the task out again after the visibility
+    # timeout. The new delivery returns the stored result (tasks.py: _already_done) or resumes.
+    # Cancelling on connection loss would throw away the work done during a short outage.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options=_TRANSPORT_OPTIONS,
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+    # A result written while Redis is down waits for it instead of failing the finished task.
+    result_backend_always_retry=True,
+    result_backend_max_retries=60,
+    redis_socket_connect_timeout=5,
+    redis_socket_keepalive=True,
     result_expires=86400,
     timezone="UTC",
     enable_utc=True,
@@ -87,7 +102,9 @@ def _start_metrics_server(**_: Any) -> None:
     from worker.monitoring.exporter import restore_last_successes, serve_metrics
 
     restore_last_successes(settings.database_url)
-    serve_metrics(settings.metrics_port, settings.database_url)
+    serve_metrics(
+        settings.metrics_port, settings.database_url, health_timeout=settings.health_timeout
+    )
 
 
 @signals.beat_init.connect

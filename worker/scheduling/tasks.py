@@ -5,7 +5,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from celery import Celery, Task
+from celery import Celery, Task, states
+from celery.exceptions import SoftTimeLimitExceeded
 
 from worker import rollups
 from worker.rollups import metrics
@@ -32,8 +33,46 @@ class AggregationTask(Task):  # type: ignore[misc]
         except TypeError:
             return
         granularity = arguments.get("granularity")
-        if granularity in GRANULARITIES:
-            metrics.task_failed(granularity)
+        if granularity not in GRANULARITIES:
+            metrics.bad_request("unknown_granularity")
+            return
+        if isinstance(exc, rollups.InvalidWindow):
+            metrics.bad_request(_bad_request_reason(exc))
+        metrics.task_failed(granularity)
+
+
+def _bad_request_reason(exc: rollups.InvalidWindow) -> str:
+    if isinstance(exc, rollups.WindowInFuture):
+        return "future_window"
+    if isinstance(exc, rollups.RangeBeyondRetention):
+        return "past_retention"
+    return "invalid_window"
+
+
+# A task stopped by its soft time limit has committed its batches; it is sent again at once and
+# resumes where it stopped (backfills from done_until, scheduled runs from the last synced
+# bucket), up to this many times on top of the retries for errors.
+MAX_RESUMES = 48
+
+
+def _already_done(task: Task) -> dict[str, Any] | None:
+    """The result of an earlier delivery of this task id that succeeded (Redis hands a task out
+    again when its acknowledgement was lost, e.g. with the broker down when it finished)."""
+    try:
+        result = task.AsyncResult(task.request.id)
+        if result.state == states.SUCCESS and isinstance(result.result, dict):
+            return result.result
+    except Exception:  # noqa: BLE001 - no result backend answer: run the task
+        return None
+    return None
+
+
+def _resume_after_time_limit(
+    task: Task, settings: WorkerSettings, exc: SoftTimeLimitExceeded
+) -> Exception:
+    return task.retry(
+        exc=exc, countdown=1, max_retries=settings.max_retries + MAX_RESUMES, throw=False
+    )
 
 
 def _time(value: str | None) -> datetime | None:
@@ -47,31 +86,41 @@ def aggregate(
     start: str | None = None,
     end: str | None = None,
 ) -> dict[str, Any]:
-    return rollups.aggregate_observability_metrics(
-        granularity,
-        _time(start),
-        _time(end),
-        database_url=settings.database_url,
-        task_id=task.request.id,
-        settings=settings,
-    )
+    if (done := _already_done(task)) is not None:
+        return done
+    try:
+        return rollups.aggregate_observability_metrics(
+            granularity,
+            _time(start),
+            _time(end),
+            database_url=settings.database_url,
+            task_id=task.request.id,
+            settings=settings,
+        )
+    except SoftTimeLimitExceeded as exc:
+        raise _resume_after_time_limit(task, settings, exc) from exc
 
 
 def backfill(
     task: Task, settings: WorkerSettings, start: str, end: str, granularity: str
 ) -> dict[str, Any]:
+    if (done := _already_done(task)) is not None:
+        return done
     start_time, end_time = _time(start), _time(end)
     if start_time is None or end_time is None:
         raise rollups.InvalidWindow("a backfill needs both start and end")
-    return rollups.backfill_metrics(
-        start_time,
-        end_time,
-        granularity,
-        database_url=settings.database_url,
-        resume=True,
-        task_id=task.request.id,
-        settings=settings,
-    )
+    try:
+        return rollups.backfill_metrics(
+            start_time,
+            end_time,
+            granularity,
+            database_url=settings.database_url,
+            resume=True,
+            task_id=task.request.id,
+            settings=settings,
+        )
+    except SoftTimeLimitExceeded as exc:
+        raise _resume_after_time_limit(task, settings, exc) from exc
 
 
 def register_tasks(app: Celery, settings: WorkerSettings) -> None:
