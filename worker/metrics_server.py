@@ -21,8 +21,8 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 
 class DatabaseHealthCollector(Collector):
-    """Freshness of every rollup, rows dated ahead of now and the database-side policy jobs,
-    read at scrape time."""
+    """Freshness of every rollup, rows dated ahead of now, the database-side policy jobs and
+    late rows waiting to reach metrics_aggregates, read at scrape time."""
 
     def __init__(self, database_url: str | None) -> None:
         self.database_url = database_url
@@ -128,6 +128,24 @@ class DatabaseHealthCollector(Collector):
         yield failures
         yield last_ok
         yield never
+
+        stale = GaugeMetricFamily(
+            "observability_stale_buckets",
+            "Closed buckets that rows were written into late and that the next scheduled run "
+            "of this granularity has yet to refresh and sync into metrics_aggregates",
+            labels=["granularity"],
+        )
+        waiting = GaugeMetricFamily(
+            "observability_stale_oldest_wait_seconds",
+            "How long the oldest late write noted for this granularity has waited for a "
+            "scheduled run, 0 when none waits",
+            labels=["granularity"],
+        )
+        for late in health.stale:
+            stale.add_metric([late.granularity], late.buckets)
+            waiting.add_metric([late.granularity], late.waiting(health.checked_at).total_seconds())
+        yield stale
+        yield waiting
 
 
 def _skew() -> str:

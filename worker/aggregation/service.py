@@ -21,6 +21,7 @@ from worker.aggregation.runs import (
     start_run,
     unfinished_backfill,
 )
+from worker.aggregation.stale import NotedSync, sync_noted
 from worker.aggregation.sync import SyncCounts, sync_window
 from worker.aggregation.windows import (
     BUCKET_WIDTHS,
@@ -196,6 +197,7 @@ def _run(
     counts = SyncCounts()
     outcome = "failure"
     resume_from = None
+    noted = NotedSync()
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             horizon = raw_horizon(conn, now)
@@ -225,6 +227,15 @@ def _run(
                         lease.renew()
                         if progress is not None:
                             progress(batch, counts)
+                    if kind == "scheduled":
+                        # Late rows in older buckets (worker/aggregation/stale.py).
+                        def refresh(batch: Window) -> None:
+                            _refresh(conn, batch, force, refresh_retries, horizon, now)
+
+                        noted = sync_noted(
+                            conn, window.granularity, now, refresh=refresh, renew=lease.renew
+                        )
+                        counts.add(noted.counts)
                 except BaseException as exc:
                     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                     # If the database went away, the next run marks this one abandoned.
@@ -245,6 +256,7 @@ def _run(
         "window": window.as_dict(),
         "resumed_from": resume_from.isoformat() if resume_from else None,
         "buckets": run.buckets,
+        "late_buckets": noted.buckets,
         "metrics_created": counts.created,
         "metrics_updated": counts.updated,
         "metrics_deleted": counts.deleted,

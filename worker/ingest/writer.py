@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from worker.ingest.items import CHAT_MESSAGE, DOCUMENT_EVENT, SPAN, TRACE, Kind
+from worker.ingest.late import note_deleted
 from worker.ingest.pricing import price_spans
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE, TimePolicy, current_policy
 from worker.ingest.traces import (
@@ -352,5 +353,6 @@ def delete_moved(
     if not moved:
         return 0
     columns = [list(values) for values in zip(*moved, strict=True)]
+    note_deleted(cur, columns[-1])
     cur.execute(statements.delete, [*columns, columns[0]])
     return cur.rowcount

@@ -20,6 +20,7 @@ from worker.models.worker_state import (
     RUN_KINDS,
     RUN_STATUSES,
     AggregationRun,
+    StaleBucket,
     TraceExtent,
     WorkerLease,
 )
@@ -34,6 +35,7 @@ OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     AggregationRun,
     WorkerLease,
     TraceExtent,
+    StaleBucket,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "ModelPrice",
     "ProviderSyncStatus",
     "Span",
+    "StaleBucket",
     "Trace",
     "TraceExtent",
     "WorkerLease",

@@ -52,3 +52,15 @@ class TraceExtent(Base):
     trace_id: Mapped[str] = mapped_column(primary_key=True)
     first_started_at: Mapped[datetime]
     last_started_at: Mapped[datetime]
+
+
+class StaleBucket(Base):
+    """A closed bucket that rows were written into late, waiting for a scheduled run."""
+
+    __tablename__ = "stale_buckets"
+    __table_args__ = (Index("stale_buckets_granularity_bucket_idx", "granularity", "bucket"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    granularity: Mapped[str]
+    bucket: Mapped[datetime]
+    noted_at: Mapped[datetime] = mapped_column(server_default=func.statement_timestamp())
