@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.celery_support import celery_broker, sample, start_worker
 from tests.oracle import observed
 from tests.oracle.compare import Diff, compare_metrics, report
 from tests.oracle.expected import Oracle, read_prices
@@ -25,6 +27,8 @@ from worker.migrate import CONNECT_ARGS
 # some older than every refresh window, reach the rollups and metrics_aggregates after one
 # scheduled run of each granularity, with no backfill). The scheduled run is called as the
 # beat task calls it: aggregate_observability_metrics(granularity), no window.
+
+__all__ = ["celery_broker"]
 
 SEED = 20261203
 TRACES = 160
@@ -356,3 +360,34 @@ def test_a_note_written_while_a_run_works_stays_for_the_next_run(late_db: str) -
     assert ("hour", bucket_floor(first, "hour")) not in left
     assert ("hour", bucket_floor(first + timedelta(days=1), "hour")) in left
     assert ("day", bucket_floor(first, "day")) in left
+
+
+def test_the_beat_hour_task_on_a_real_worker_syncs_late_rows_and_the_gauge_drops(
+    tmp_path: Path, celery_broker: str, late_db: str
+) -> None:
+    from worker.celery_app import BEAT_SCHEDULE, app
+
+    url = late_db
+    now = datetime.now(UTC)
+    at = bucket_floor(now, "day") - timedelta(days=4) + timedelta(hours=7)
+    start, end = bucket_floor(at, "hour"), bucket_floor(at, "hour") + WIDTHS["hour"]
+    with connect(url) as conn:
+        conn.execute(INSERT, {"tag": "b1", "at": at, "n": 3})
+        backfill_metrics(start, end, "hour", database_url=url, now=now)
+        conn.execute("truncate observability.stale_buckets")
+        conn.execute(INSERT, {"tag": "b2", "at": at, "n": 2})  # late, into a synced hour
+        truth, synced = truth_and_synced(conn, "hour", start, end)
+        assert [row[1] for row in truth] == [5] and [row[1] for row in synced] == [3]
+    worker = start_worker(tmp_path, url)
+    try:
+        assert sample(worker.scrape(), "observability_stale_buckets", granularity="hour") == 1
+        entry = BEAT_SCHEDULE["aggregate-hourly-metrics"]
+        summary = app.send_task(entry["task"], args=entry["args"]).get(timeout=120)
+        assert summary["late_buckets"] == 1
+        assert sample(worker.scrape(), "observability_stale_buckets", granularity="hour") == 0
+        assert sample(worker.scrape(), "observability_stale_buckets", granularity="day") == 1
+    finally:
+        worker.stop()
+    with connect(url) as conn:
+        truth, synced = truth_and_synced(conn, "hour", start, end)
+    assert synced == truth
