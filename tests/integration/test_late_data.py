@@ -391,3 +391,26 @@ def test_the_beat_hour_task_on_a_real_worker_syncs_late_rows_and_the_gauge_drops
     with connect(url) as conn:
         truth, synced = truth_and_synced(conn, "hour", start, end)
     assert synced == truth
+
+
+def test_copy_into_a_hypertable_notes_late_rows(late_db: str) -> None:
+    at = bucket_floor(datetime.now(UTC), "day") - timedelta(days=2) + timedelta(hours=3)
+    with connect(late_db) as conn, conn.cursor() as cur:
+        with cur.copy(
+            "copy observability.document_events (id, document_id, created_at, event_type, status)"
+            " from stdin"
+        ) as copy:
+            copy.write_row(
+                (
+                    "7d8e7a3c-0000-4000-8000-000000000001",
+                    "7d8e7a3c-0000-4000-8000-000000000002",
+                    at,
+                    "index",
+                    "ok",
+                )
+            )
+        noted = cur.execute(
+            "select granularity, bucket from observability.stale_buckets order by 1, 2"
+        ).fetchall()
+    assert ("hour", bucket_floor(at, "hour")) in noted
+    assert ("day", bucket_floor(at, "day")) in noted
