@@ -35,7 +35,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
         [_tool("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_alert_rules_fire_on_stale_rollups_failures_and_no_recent_success() -> None:
