@@ -145,7 +145,7 @@ def test_prometheus_scrapes_the_worker(
     while True:
         groups = _api(prometheus, "/api/v1/rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        if len(rules) == 8 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules):
+        if len(rules) == 9 and all(r.get("lastEvaluation", "0001").startswith("20") for r in rules):
             break
         assert time.monotonic() < deadline, groups
         time.sleep(0.5)
