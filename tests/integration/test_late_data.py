@@ -12,6 +12,7 @@ from tests.celery_support import celery_broker, sample, start_worker
 from tests.oracle import observed
 from tests.oracle.compare import Diff, compare_metrics, report
 from tests.oracle.expected import Oracle, read_prices
+from tests.oracle.model import SDK, OtlpExport, OtlpSpan, Step, datetime_to_ns
 from tests.oracle.rollup import GRANULARITIES, WIDTHS, bucket, metric_cells
 from tests.oracle.run import _deliveries, check, sync
 from tests.oracle.send import Sender, endpoint
@@ -120,6 +121,34 @@ def kinds(diffs: list[Diff]) -> dict[str, int]:
     }
 
 
+LATE_USER = "7d8e7a3c-0000-4000-8000-0000000000aa"
+
+
+def yesterdays_trace(now: datetime) -> Step:
+    """A trace with an LLM call, yesterday at 10:20 UTC, sent over OTLP after the first sync:
+    late for hours and a day already synced (the generator's late rows fall where its seed and
+    the clock put them)."""
+    start = datetime_to_ns(bucket_floor(now, "day") - timedelta(days=1) + timedelta(hours=10))
+    second = 1_000_000_000
+    trace_id, root_id, call_id = "5eed" * 8, "5eed" * 4, "cafe" * 4
+    root = OtlpSpan(
+        trace_id, root_id, None, "answer", start, start + 3 * second,
+        {"gen_ai.operation.name": "chat", "user.id": LATE_USER}, status="ok",
+    )  # fmt: skip
+    call = OtlpSpan(
+        trace_id, call_id, root_id, "chat gpt-4o", start + second, start + 2 * second,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": 1200,
+            "gen_ai.usage.output_tokens": 300,
+        },
+        status="ok",
+    )  # fmt: skip
+    return Step((OtlpExport(SDK, (call, root)),), "late: yesterday")
+
+
 def test_oracle_late_traffic_reaches_metrics_aggregates_with_one_scheduled_run(
     otlp_endpoint: str, late_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,7 +171,7 @@ def test_oracle_late_traffic_reaches_metrics_aggregates_with_one_scheduled_run(
         with connect(url) as conn:
             conn.execute("truncate observability.stale_buckets")  # phase 1 is synced
         observed.compress(url)
-        for step in phase_2:
+        for step in (*phase_2, yesterdays_trace(now)):
             outcomes = sender.send(step)
             for export in step.exports:
                 oracle.apply(export)
@@ -164,7 +193,10 @@ def test_oracle_late_traffic_reaches_metrics_aggregates_with_one_scheduled_run(
             " from observability.stale_buckets as s where s.granularity = 'hour'",
             [compared_at - OLDEST_POLICY_WINDOW],
         ).fetchall()
-    # phase 2 wrote into compressed chunks and older than every refresh policy's window
+    # phase 2 wrote into yesterday, into compressed chunks and older than every refresh
+    # policy's window
+    yesterday = bucket_floor(compared_at, "day") - timedelta(days=1)
+    assert any(bucket_floor(hour, "day") == yesterday for hour, _, _ in late)
     assert any(compressed for _, _, compressed in late)
     assert any(old for _, old, _ in late)
     before = waiting(url)
