@@ -446,3 +446,47 @@ def test_copy_into_a_hypertable_notes_late_rows(late_db: str) -> None:
         ).fetchall()
     assert ("hour", bucket_floor(at, "hour")) in noted
     assert ("day", bucket_floor(at, "day")) in noted
+
+
+def test_recost_reaches_metrics_aggregates_with_the_next_scheduled_runs(late_db: str) -> None:
+    from worker.ingest.recost import recost
+
+    model, provider = "late-recost-model", "late-recost"
+    day = bucket_floor(datetime.now(UTC), "day") - timedelta(days=4)
+    prices = (
+        "insert into observability.model_prices (model, provider, effective_from,"
+        " input_usd_per_million, output_usd_per_million) values (%s, %s, %s, %s, %s)"
+    )
+    spans = [
+        {
+            "trace_id": f"{0x1A7E + n:032x}",
+            "span_id": f"{0x1A7E + n:016x}",
+            "started_at": day + timedelta(hours=10, minutes=15 * n),
+            "name": "chat",
+            "span_type": "llm",
+            "provider": provider,
+            "model": model,
+            "input_tokens": 1000,
+            "output_tokens": 500,
+        }
+        for n in range(2)
+    ]
+    synced = (
+        "select granularity, sum_value from observability.metrics_aggregates"
+        " where metric_type = 'llm.cost_usd' and dimension_type = 'model'"
+        " and dimension_value = %s and granularity in ('hour', 'day') order by 1"
+    )
+    with connect(late_db) as conn:
+        try:
+            conn.execute(prices, [model, provider, day - timedelta(days=30), 1, 2])
+            assert not write_batch(conn, spans=spans).rejected
+            for granularity in ("hour", "day"):
+                backfill_metrics(day, day + timedelta(days=1), granularity, database_url=late_db)
+            assert conn.execute(synced, [model]).fetchall() == [("day", 0.004), ("hour", 0.004)]
+            conn.execute("truncate observability.stale_buckets")
+            conn.execute(prices, [model, provider, day + timedelta(hours=9), 3, 4])
+            assert recost(conn, day, day + timedelta(days=1)).changed == 2
+            scheduled_runs(late_db)
+            assert conn.execute(synced, [model]).fetchall() == [("day", 0.01), ("hour", 0.01)]
+        finally:
+            conn.execute("delete from observability.model_prices where model = %s", [model])
