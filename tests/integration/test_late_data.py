@@ -490,3 +490,18 @@ def test_recost_reaches_metrics_aggregates_with_the_next_scheduled_runs(late_db:
             assert conn.execute(synced, [model]).fetchall() == [("day", 0.01), ("hour", 0.01)]
         finally:
             conn.execute("delete from observability.model_prices where model = %s", [model])
+
+
+def test_the_run_records_what_its_late_buckets_changed(late_db: str) -> None:
+    at = bucket_floor(datetime.now(UTC), "day") - timedelta(days=2) + timedelta(hours=4)
+    with connect(late_db) as conn:
+        conn.execute(INSERT, {"tag": "r", "at": at, "n": 2})
+        summary = aggregate_observability_metrics("hour", database_url=late_db)
+        recorded = conn.execute(
+            "select metrics_created, metrics_updated, metrics_deleted"
+            " from observability.aggregation_runs where id = %s",
+            [summary["run_id"]],
+        ).fetchone()
+    assert summary["late_buckets"] == 1 and summary["metrics_created"] > 0
+    created = (summary["metrics_created"], summary["metrics_updated"], summary["metrics_deleted"])
+    assert recorded == created

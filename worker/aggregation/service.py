@@ -236,6 +236,7 @@ def _run(
                             conn, window.granularity, now, refresh=refresh, renew=lease.renew
                         )
                         counts.add(noted.counts)
+                        record_progress(conn, run, window.end, counts)
                 except BaseException as exc:
                     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
                     # If the database went away, the next run marks this one abandoned.
