@@ -50,6 +50,12 @@ class Pair:
         on, off = median(self.on_s), median(self.off_s)
         return on / off if on and off else None
 
+    @property
+    def paired(self) -> list[float]:
+        """on / off within each run: the two ran minutes apart, so a busier moment of the
+        machine weighs on both."""
+        return [on / off for on, off in zip(self.on_s, self.off_s, strict=True) if off]
+
 
 def set_triggers(conn: Connection, enabled: bool) -> None:
     # ALTER TABLE ... DISABLE TRIGGER is refused on hypertables with compression: drop and
@@ -132,16 +138,24 @@ def run(opts: Options) -> GroupResult:
             fmt_seconds(median(p.off_s)),
             fmt_seconds(median(p.on_s)),
             fmt_ratio(p.cost),
+            fmt_ratio(median(p.paired)),
             f"{p.notes:,}",
         ]
         for p in pairs
     ]
-    headers = ["load", "off s", "on s", "on / off", "notes"]
-    report = render_table(title, headers, rows, "lrrrr")
+    headers = ["load", "off s", "on s", "on / off", "median of runs' on / off", "notes"]
+    report = (
+        render_table(title, headers, rows, "lrrrrr")
+        + "\n"
+        + "\n".join(
+            f"{p.label}: on / off per run: " + ", ".join(f"{r:.2f}" for r in p.paired)
+            for p in pairs
+        )
+    )
     payload = {
         "options": {"spans": n, "batch": BATCH, "repeat": opts.repeat},
         "target": {**target_info, **server},
         "duration_s": round(time.perf_counter() - started, 3),
-        "pairs": [{**asdict(p), "cost": p.cost} for p in pairs],
+        "pairs": [{**asdict(p), "cost": p.cost, "paired": p.paired} for p in pairs],
     }
     return GroupResult(payload, report, True)
