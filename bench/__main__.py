@@ -3,13 +3,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from bench import engine, ingest, otlp, rollups, span_events, worker
+from bench import engine, ingest, late, otlp, rollups, span_events, worker
 from bench.common import GroupResult, Options, progress, write_results
 
 GROUPS: dict[str, Callable[[Options], GroupResult]] = {
     "engine": engine.run,
     "rollups": rollups.run,
     "ingest": ingest.run,
+    "late": late.run,
     "otlp": otlp.run,
     "events": span_events.run,
     "worker": worker.run,

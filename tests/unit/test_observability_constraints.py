@@ -37,6 +37,7 @@ from worker.models import (
     ProviderSyncStatus,
     Span,
     SpanEvent,
+    StaleBucket,
     Trace,
     TraceExtent,
     WorkerLease,
@@ -64,6 +65,10 @@ def create_trace_extent(**overrides: Any) -> dict[str, Any]:
     first = datetime(2026, 11, 30, tzinfo=UTC)
     row = {"trace_id": "a" * 32, "first_started_at": first, "last_started_at": first}
     return {**row, **overrides}
+
+
+def create_stale_bucket(**overrides: Any) -> dict[str, Any]:
+    return {"granularity": "hour", "bucket": datetime(2026, 11, 12, 10, tzinfo=UTC), **overrides}
 
 
 def _span_with_parent(parent: str) -> dict[str, Any]:
@@ -198,6 +203,12 @@ CASES = [
         TraceExtent,
         create_trace_extent,
         {"last_started_at": datetime(2026, 11, 29, tzinfo=UTC)},
+    ),
+    Case(
+        "stale_buckets_granularity_valid",
+        StaleBucket,
+        create_stale_bucket,
+        {"granularity": "month"},
     ),
 ]
 

@@ -34,7 +34,8 @@ def register(subparsers: SubParsers) -> None:
         "with its newest materialized bucket and lag, and the database's job statistics for "
         "the refresh, compression and retention policies, then the aggregation worker's last "
         "success and latest run per granularity. Rows and buckets dated ahead of the clock "
-        "are named apart: freshness leaves them out.",
+        "are named apart: freshness leaves them out. Closed buckets that rows were written "
+        "into late are counted per granularity until a scheduled run has synced them.",
     )
     add_database_url(status)
     status.set_defaults(handler=run)
@@ -143,6 +144,7 @@ def render(health: RollupHealth) -> list[str]:
         ],
     )
     lines += _future(health)
+    lines += _stale(health)
     lines.append("")
     lines.append("jobs")
     lines += format_table(
@@ -207,6 +209,27 @@ def _future(health: RollupHealth) -> list[str]:
                 f"{table.table} has {rows} {ahead} (the latest at {latest}): freshness leaves "
                 "them out until their time comes; check the clock of whatever wrote them"
             )
+    return lines
+
+
+def _stale(health: RollupHealth) -> list[str]:
+    """Closed buckets written into late: their metrics_aggregates rows are stale until the next
+    scheduled run of the granularity."""
+    if not health.stale:
+        return []
+    lines = ["", "late rows waiting for a scheduled run (metrics_aggregates stale there)"]
+    lines += format_table(
+        ["granularity", "buckets", "oldest bucket", "waiting for"],
+        [
+            [
+                s.granularity,
+                str(s.buckets),
+                format_time(s.oldest_bucket),
+                format_duration(s.waiting(health.checked_at)) if s.buckets else "-",
+            ]
+            for s in health.stale
+        ],
+    )
     return lines
 
 

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from worker.ingest import span_events as events
 from worker.ingest.items import CHAT_MESSAGE, DOCUMENT_EVENT, SPAN, SPAN_EVENT, TRACE, Kind
+from worker.ingest.late import note_deleted
 from worker.ingest.pricing import price_spans
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE, TimePolicy, current_policy
 from worker.ingest.traces import (
@@ -366,5 +367,6 @@ def delete_moved(
     if not moved:
         return 0
     columns = [list(values) for values in zip(*moved, strict=True)]
+    note_deleted(cur, columns[-1])
     cur.execute(statements.delete, [*columns, columns[0]])
     return cur.rowcount

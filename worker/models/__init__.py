@@ -22,6 +22,7 @@ from worker.models.worker_state import (
     RUN_STATUSES,
     AggregationRun,
     GranularityRow,
+    StaleBucket,
     TraceExtent,
     WorkerLease,
 )
@@ -37,6 +38,7 @@ OBSERVABILITY_MODELS: tuple[type[Base], ...] = (
     AggregationRun,
     WorkerLease,
     TraceExtent,
+    StaleBucket,
 )
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "ProviderSyncStatus",
     "Span",
     "SpanEvent",
+    "StaleBucket",
     "Trace",
     "TraceExtent",
     "WorkerLease",

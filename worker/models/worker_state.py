@@ -79,3 +79,15 @@ class GranularityRow(Base):
     refresh_start_offset: Mapped[timedelta] = mapped_column(Interval)
     refresh_end_offset: Mapped[timedelta] = mapped_column(Interval)
     refresh_schedule: Mapped[timedelta] = mapped_column(Interval)
+
+
+class StaleBucket(Base):
+    """A closed bucket that rows were written into late, waiting for a scheduled run."""
+
+    __tablename__ = "stale_buckets"
+    __table_args__ = (Index("stale_buckets_granularity_bucket_idx", "granularity", "bucket"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    granularity: Mapped[str]
+    bucket: Mapped[datetime]
+    noted_at: Mapped[datetime] = mapped_column(server_default=func.statement_timestamp())

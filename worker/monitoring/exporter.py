@@ -203,6 +203,24 @@ class DatabaseHealthCollector(Collector):
         yield last_ok
         yield never
 
+        stale = GaugeMetricFamily(
+            "observability_stale_buckets",
+            "Closed buckets that rows were written into late and that the next scheduled run "
+            "of this granularity has yet to refresh and sync into metrics_aggregates",
+            labels=["granularity"],
+        )
+        waiting = GaugeMetricFamily(
+            "observability_stale_oldest_wait_seconds",
+            "How long the oldest late write noted for this granularity has waited for a "
+            "scheduled run, 0 when none waits",
+            labels=["granularity"],
+        )
+        for late in health.stale:
+            stale.add_metric([late.granularity], late.buckets)
+            waiting.add_metric([late.granularity], late.waiting(health.checked_at).total_seconds())
+        yield stale
+        yield waiting
+
 
 def _liveness(reading: _Reading) -> Iterable[Metric]:
     running = GaugeMetricFamily(

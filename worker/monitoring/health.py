@@ -10,6 +10,7 @@ from psycopg import sql
 from worker.clock import CLOCK_SKEW
 from worker.models import SCHEMA
 from worker.models.granularities import BY_LEVEL, CATALOGUE
+from worker.rollups.stale import StaleStatus, stale_statuses
 from worker.schema.sqltemplate import recorded_sketch
 
 
@@ -70,6 +71,8 @@ class RollupHealth:
     raw: list[RawStatus] = field(default_factory=list)
     # newest raw row behind each family of rollups (named <family>_<level>), future rows left out
     newest_raw: dict[str, datetime | None] = field(default_factory=dict)
+    # closed buckets written into late, waiting for a scheduled run, per granularity
+    stale: list[StaleStatus] = field(default_factory=list)
 
 
 _ROLLUPS = """
@@ -232,8 +235,10 @@ def newest_raw(conn: psycopg.Connection[Any]) -> dict[str, datetime | None]:
 
 
 def rollup_health(conn: psycopg.Connection[Any]) -> RollupHealth:
-    """What the database says about the rollups: sketch in use, freshness, policy jobs, and
-    raw rows dated ahead of the clock, which freshness leaves out."""
+    """What the database says about the rollups: sketch in use, freshness, policy jobs, raw
+    rows dated ahead of the clock, which freshness leaves out, and late rows waiting to reach
+    metrics_aggregates."""
+
     row = conn.execute("select pg_catalog.now()").fetchone()
     assert row is not None
     now = row[0]
@@ -246,4 +251,5 @@ def rollup_health(conn: psycopg.Connection[Any]) -> RollupHealth:
         jobs=job_statuses(conn),
         raw=raw_statuses(conn),
         newest_raw=newest_raw(conn),
+        stale=stale_statuses(conn),
     )

@@ -25,6 +25,7 @@ from worker.rollups.runs import (
     start_run,
     unfinished_backfill,
 )
+from worker.rollups.stale import NotedSync, sync_noted
 from worker.rollups.sync import SyncCounts, sync_window
 from worker.rollups.windows import (
     InvalidWindow,
@@ -210,6 +211,7 @@ def _run(
     counts = SyncCounts()
     outcome = "failure"
     resume_from = None
+    noted = NotedSync()
     try:
         with connect(url, statement_timeout=settings.statement_timeout) as conn:
             outcomes.record_unrecorded(conn)
@@ -242,6 +244,16 @@ def _run(
                         lease.renew()
                         if progress is not None:
                             progress(batch, counts)
+                    if kind == "scheduled":
+                        # Late rows in older buckets (worker/rollups/stale.py).
+                        def refresh(batch: Window) -> None:
+                            _refresh(conn, batch, force, refresh_retries, horizon, now)
+
+                        noted = sync_noted(
+                            conn, window.granularity, now, refresh=refresh, renew=lease.renew
+                        )
+                        counts.add(noted.counts)
+                        record_progress(conn, run, window.end, counts)
                 except BaseException as exc:
                     # Stopped (interrupted, or by the task's time limit: it resumes) or failed.
                     stopped = isinstance(exc, KeyboardInterrupt | SoftTimeLimitExceeded)
@@ -269,6 +281,7 @@ def _run(
         "window": window.as_dict(),
         "resumed_from": resume_from.isoformat() if resume_from else None,
         "buckets": run.buckets,
+        "late_buckets": noted.buckets,
         "metrics_created": counts.created,
         "metrics_updated": counts.updated,
         "metrics_deleted": counts.deleted,
