@@ -45,9 +45,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from worker.monitoring.health import rollup_health
     from worker.rollups.runs import granularity_statuses
+    from worker.schema.server_check import check_server
 
     try:
         with psycopg.connect(url, autocommit=True) as conn:
+            # First, so that a server whose jobs all fail says so even without the schema.
+            server = check_server(conn)
+            print("\n".join(server.lines()), flush=True)
             health = rollup_health(conn)
             runs = granularity_statuses(conn)
     except psycopg.OperationalError as exc:
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except psycopg.errors.UndefinedTable as exc:
         log.error("the observability schema is not installed (python -m worker migrate): %s", exc)
         return 1
-    print("\n".join(render(health) + ["", *render_runs(runs)]))
+    print("\n".join(["", *render(health), "", *render_runs(runs)]))
     return 0
 
 

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from worker.clock import CLOCK_SKEW
 from worker.monitoring.health import rollup_health
+from worker.schema.server_check import ServerReport, check_server
 
 log = logging.getLogger("worker.rollups.metrics")
 
@@ -42,6 +43,7 @@ class DatabaseHealthCollector(Collector):
                 self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
             ) as conn:
                 health = rollup_health(conn)
+                server = check_server(conn)
         except psycopg.Error as exc:
             log.warning("health check could not read the database: %s", exc)
             up.add_metric([], 0)
@@ -129,6 +131,32 @@ class DatabaseHealthCollector(Collector):
         yield failures
         yield last_ok
         yield never
+        yield from _server_metrics(server)
+
+
+def _server_metrics(server: ServerReport) -> Iterable[Metric]:
+    runs = server.facts.runs
+    all_failing = GaugeMetricFamily(
+        "observability_database_jobs_all_failing",
+        "1 when at least one of the project's database-side jobs has run and the latest run "
+        "of every one that ran failed (the server's jobs are broken as a whole), else 0",
+    )
+    all_failing.add_metric([], runs.all_failing)
+    yield all_failing
+    failing = GaugeMetricFamily(
+        "observability_database_jobs_failing",
+        "The project's database-side jobs whose latest run failed",
+    )
+    failing.add_metric([], runs.failing)
+    yield failing
+    problems = GaugeMetricFamily(
+        "observability_server_check_findings",
+        "Findings of the server check (python -m worker status prints them) by level",
+        labels=["level"],
+    )
+    for level in ("error", "warning"):
+        problems.add_metric([level], sum(f.level == level for f in server.findings))
+    yield problems
 
 
 def _skew() -> str:
