@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.browser_support import drawn_fraction, open_page
 from tests.factories.observability_factory import (
     create_chat_message,
     create_completed_trace,
@@ -176,3 +177,35 @@ def test_an_unreachable_database_is_said(tmp_path: Path) -> None:
     result = run_demo("--database-url", "postgresql://nobody@127.0.0.1:1/none", cwd=tmp_path)
     assert result.returncode == 1
     assert "cannot reach the database" in result.stderr
+
+
+def test_the_dashboard_page_loads_in_a_browser(demo_run: DemoRun) -> None:
+    assert demo_run.result.returncode == 0, demo_run.result.stderr
+    screenshot = demo_run.out / "browser.png"
+    report = open_page(demo_run.out / "dashboard.html", screenshot)
+    assert report.ready_state == "complete"
+    assert report.title.startswith("LLM/RAG observability demo")
+    assert report.failed_requests == []
+    assert report.console_errors == []
+    (picture,) = report.images
+    assert picture.complete
+    assert (picture.natural_width, picture.natural_height) == _png_size(demo_run.out)
+    assert picture.shown_width > 1000  # laid out across the page, not collapsed
+    titles = [table.title for table in report.tables]
+    assert titles[:3] == [
+        "by model (LLM calls)",
+        "by operation (traces)",
+        "by knowledge base (traces)",
+    ]
+    assert len(report.tables) == 5
+    for table in report.tables:
+        assert table.columns >= 5 and table.rows >= 1, table
+    # the picture (charts with coloured lines and bars) is what the browser drew
+    assert drawn_fraction(screenshot) > 0.05
+
+
+def _png_size(out: Path) -> tuple[int, int]:
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(out / "dashboard.png").shape
+    return width, height
