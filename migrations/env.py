@@ -7,8 +7,13 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from worker.schema.migrate import COMPARE_OPTIONS, CONNECT_ARGS, VERSION_TABLE_SCHEMA, sqlalchemy_url
 from worker.models import Base
+from worker.schema.migrate import (
+    COMPARE_OPTIONS,
+    CONNECT_ARGS,
+    VERSION_TABLE_SCHEMA,
+    sqlalchemy_url,
+)
 
 config = context.config
 
