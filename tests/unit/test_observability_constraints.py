@@ -316,9 +316,26 @@ def test_model_price_check_constraint_rejects_bad_row(
     assert_rejected(obs_session, caught.value, constraint, CHECK_VIOLATION)
 
 
+# The granularity catalogue is seeded by its migration; a bad row is tried and rolled back.
+GRANULARITY_CASES = ["granularities_offsets_check"]
+
+
+def test_granularity_refresh_window_must_end_before_it_starts(migrated_database_url: str) -> None:
+    with psycopg.connect(migrated_database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation) as caught:
+            conn.execute(
+                "insert into observability.granularities (name, position, level, bucket_width,"
+                " refresh_start_offset, refresh_end_offset, refresh_schedule) values"
+                " ('quarter', 9, 'quarterly', '3 months', '1 day', '2 days', '1 day')"
+            )
+        conn.rollback()
+    assert caught.value.diag.constraint_name == GRANULARITY_CASES[0]
+
+
 def test_every_check_constraint_has_a_bad_input_case() -> None:
     declared = declared_names().check_constraints - {"schema_migrations_sha256_format"}
-    assert {case[0] for case in ALL_CASES} | {case[0] for case in PRICE_CASES} == declared
+    cases = {case[0] for case in ALL_CASES} | {case[0] for case in PRICE_CASES}
+    assert cases | set(GRANULARITY_CASES) == declared
 
 
 @pytest.mark.parametrize(
