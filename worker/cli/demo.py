@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'llm-observability-store[demo]' (in a checkout: pip install -e '.[demo]')"
         )
         return 1
+    from sqlalchemy.exc import OperationalError as SqlAlchemyOperationalError
+
+    from worker.schema.install import InstallError
     from worker.schema.server_check import UnsupportedServer
 
     url = args.database_url or os.environ.get("DATABASE_URL")
@@ -116,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
         LeaseBusy,
         ConcurrentRefresh,
         UnsupportedServer,
+        InstallError,
     ) as exc:
         log.error("%s", exc)
         return 1
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, SqlAlchemyOperationalError) as exc:
         log.error("cannot reach the database: %s", exc)
         return 1
 
