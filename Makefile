@@ -11,10 +11,11 @@ NODE_STAMP := engine/node_modules/.setup-stamp
 
 # Debian packages some tests drive: prometheus and promtool (alert rules, a real scrape),
 # docker-compose (validating docker-compose.yml without a Docker engine), psql (the read-only
-# dashboard role script). Installed when missing and possible (root with apt-get); otherwise
-# the tests that need them skip and say why.
-SYSTEM_TOOLS := prometheus promtool docker-compose psql
-SYSTEM_PACKAGES := prometheus docker-compose postgresql-client
+# dashboard role script), chromium and chromedriver (the demo's dashboard page opened in a
+# headless browser, driven by selenium). Installed when missing and possible (root with
+# apt-get); otherwise the tests that need them skip and say why.
+SYSTEM_TOOLS := prometheus promtool docker-compose psql chromium chromedriver
+SYSTEM_PACKAGES := prometheus docker-compose postgresql-client chromium chromium-driver
 
 .PHONY: setup system-tools test test-faults fuzz lint format demo bench clean distclean
 

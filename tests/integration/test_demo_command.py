@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -13,6 +14,8 @@ from worker.embedded.engine import EmbeddedEngine
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[2]
+# Without DATABASE_URL the demo starts the embedded engine, which these tests are about.
+EMBEDDED_ENV = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
 
 
 def run_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -21,6 +24,7 @@ def run_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
+        env=EMBEDDED_ENV,
     )
 
 
@@ -32,6 +36,7 @@ def run_make_demo(*args: str | Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         cwd=ROOT,
+        env=EMBEDDED_ENV,
     )
 
 

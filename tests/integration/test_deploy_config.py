@@ -11,6 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from worker.schema.server_check import (
+    MINIMUM_TIMESCALEDB,
+    PROJECT_JOBS,
+    ServerFacts,
+    evaluate,
+    parse_version,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -18,8 +26,8 @@ PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
 SERVICES = {
     "db", "redis", "migrate", "grafana-reader", "worker", "beat", "ingest", "prometheus", "grafana",
 }  # fmt: skip
-# An exact pg17 build of the HA image (the one with timescaledb_toolkit), e.g. pg17.4-ts2.18.2
-EXACT_PG17 = re.compile(r"^timescale/timescaledb-ha:pg17\.\d+-ts\d+\.\d+\.\d+$")
+# An exact pg17 build of the HA image (the one with timescaledb_toolkit), e.g. pg17.11-ts2.30.1
+EXACT_PG17 = re.compile(r"^timescale/timescaledb-ha:pg17\.\d+-ts(\d+\.\d+\.\d+)$")
 
 
 def env_example() -> dict[str, str]:
@@ -116,6 +124,7 @@ def test_exactly_one_beat() -> None:
 def test_images_are_pinned() -> None:
     services = resolved()["services"]
     assert EXACT_PG17.match(services["db"]["image"]), services["db"]["image"]
+    assert services["grafana-reader"]["image"] == services["db"]["image"]
     for name, service in services.items():
         image = service["image"]
         if "build" in service:
@@ -230,3 +239,62 @@ def test_ingest_serves_otlp_http_and_grpc() -> None:
     health = " ".join(ingest["healthcheck"]["test"])
     assert "4318" in health and "4317" in health
     assert "EXPOSE 9808 4318 4317" in (ROOT / "deploy/Dockerfile").read_text()
+
+
+def _db_settings() -> dict[str, str]:
+    command = command_of(resolved()["services"]["db"])
+    assert command[0] == "postgres", command
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "-c"]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_the_database_is_a_timescaledb_migrate_accepts() -> None:
+    match = EXACT_PG17.match(resolved()["services"]["db"]["image"])
+    assert match is not None
+    assert parse_version(match.group(1)) >= MINIMUM_TIMESCALEDB
+
+
+def test_the_worker_budget_fits_the_jobs_with_room() -> None:
+    settings = _db_settings()
+    background = int(settings["timescaledb.max_background_workers"])
+    processes = int(settings["max_worker_processes"])
+    parallel = int(settings["max_parallel_workers"])
+    # The project's jobs, TimescaleDB's own two and two schedulers, with room to spare.
+    needed = PROJECT_JOBS + 2 + 2
+    assert background >= needed * 1.5, (background, needed)
+    facts = ServerFacts(
+        postgres_version="17",
+        timescaledb_version="2.23.1",
+        timescaledb_installed=True,
+        license="timescale",
+        max_background_workers=background,
+        max_worker_processes=processes,
+        max_parallel_workers=parallel,
+        launcher_running=True,
+        schedulers=4,
+        all_jobs=PROJECT_JOBS + 2,
+    )
+    assert evaluate(facts) == []
+    text = COMPOSE_FILE.read_text()
+    assert f"One install starts {PROJECT_JOBS} jobs" in text  # the comment says why
+
+
+def test_stateless_services_scale_and_beat_does_not() -> None:
+    services = resolved()["services"]
+    for name in ("worker", "ingest"):
+        assert int(services[name]["deploy"]["replicas"]) == 1, name
+    assert "deploy" not in services["beat"]
+    assert "deploy" not in services["migrate"]
+
+
+def test_replicas_and_a_port_range_are_accepted(tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    values = {**env_example(), "INGEST_REPLICAS": "2", "WORKER_REPLICAS": "3"}
+    values["INGEST_PORT"] = "4318-4319"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = run_config(env_file)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert int(services["ingest"]["deploy"]["replicas"]) == 2
+    assert int(services["worker"]["deploy"]["replicas"]) == 3
+    assert "4318-4319" in str(services["ingest"]["ports"])

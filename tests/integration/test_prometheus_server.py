@@ -39,7 +39,7 @@ def test_promtool_accepts_the_alert_rules() -> None:
         [_tool("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_alert_rules_fire_on_stale_rollups_failures_and_no_recent_success() -> None:
@@ -150,7 +150,7 @@ def test_prometheus_scrapes_the_worker(
         groups = _api(prometheus, "/api/v1/rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
         evaluated = all(r.get("lastEvaluation", "0001").startswith("20") for r in rules)
-        if len(rules) == 12 and evaluated:
+        if len(rules) == 13 and evaluated:
             break
         assert time.monotonic() < deadline, groups
         time.sleep(0.5)

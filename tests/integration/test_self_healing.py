@@ -20,7 +20,10 @@ from worker.rollups import (
 )
 from worker.rollups import service as aggregation_service
 from worker.rollups.runs import ABANDONED_ERROR
-from worker.scheduling.tasks import aggregate_observability_metrics as aggregate_task
+from worker.scheduling.app import app as celery_app
+from worker.scheduling.tasks import AGGREGATE_TASK
+
+aggregate_task = celery_app.tasks[AGGREGATE_TASK]
 
 pytestmark = pytest.mark.faults
 

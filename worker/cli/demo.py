@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from sqlalchemy.engine import make_url
 
+from worker.cli.common import add_database_url
+from worker.demo.workload import MARKER
 from worker.embedded.engine import EmbeddedEngine, EngineUnavailable
 from worker.schema.migrate import migrate
 
@@ -31,14 +35,22 @@ REUSE_MAX_AGE = timedelta(days=21)
 def register(subparsers: SubParsers) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="generate a week of LLM/RAG traffic on the embedded engine, aggregate it and "
-        "show a summary and a dashboard",
-        description="Start the embedded engine on a kept data directory, install the schema, "
-        "write 7 days of generated LLM/RAG traces (once: a later run reuses them), sync "
+        help="generate a week of LLM/RAG traffic into the embedded engine or your database, "
+        "aggregate it and show a summary and a dashboard",
+        description="Start the embedded engine on a kept data directory (or, with "
+        "--database-url or DATABASE_URL, use that TimescaleDB database), install or update "
+        "the schema, write 7 days of generated LLM/RAG traces marked with the attribute "
+        f"{MARKER} (once: a later run reuses them; other rows are left alone), sync "
         "metrics_aggregates for every granularity, then print a summary and write "
         "dashboard.png and dashboard.html.",
     )
-    demo.add_argument("--data-dir", type=Path, default=DEMO_DATA_DIR, help="engine data (kept)")
+    add_database_url(demo)
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEMO_DATA_DIR,
+        help="embedded engine data (kept); not used with a database URL",
+    )
     demo.add_argument("--out", type=Path, default=DEMO_DIR, help="where the dashboard goes")
     demo.add_argument(
         "--traces-per-hour",
@@ -49,7 +61,10 @@ def register(subparsers: SubParsers) -> None:
         "--seed", type=int, help=f"the workload's random seed (default {DEFAULT_SEED})"
     )
     demo.add_argument(
-        "--fresh", action="store_true", help="wipe the data directory and generate anew"
+        "--fresh",
+        action="store_true",
+        help="wipe the embedded engine's data directory and generate anew (not with a "
+        "database URL)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=run)
@@ -77,13 +92,39 @@ def run(args: argparse.Namespace) -> int:
             "pip install 'llm-observability-store[demo]' (in a checkout: pip install -e '.[demo]')"
         )
         return 1
+    from sqlalchemy.exc import OperationalError as SqlAlchemyOperationalError
+
+    from worker.schema.install import InstallError
+    from worker.schema.server_check import UnsupportedServer
+
+    url = args.database_url or os.environ.get("DATABASE_URL")
     try:
+        if url:
+            if args.fresh:
+                raise DemoError(
+                    "--fresh wipes the embedded engine's data directory and is not used with a "
+                    f"database URL; the demo's rows in a database carry the attribute "
+                    f"{MARKER} (README: Demo on your own database, to remove them)"
+                )
+            shown = make_url(url).render_as_string(hide_password=True)
+            return _run(args, url, f"database {shown}")
         if args.fresh:
             wipe(args.data_dir)
         with EmbeddedEngine(data_dir=args.data_dir) as engine:
-            return _run(args, engine.url)
-    except (DemoError, EngineUnavailable, InvalidWindow, LeaseBusy, ConcurrentRefresh) as exc:
+            return _run(args, engine.url, None)
+    except (
+        DemoError,
+        EngineUnavailable,
+        InvalidWindow,
+        LeaseBusy,
+        ConcurrentRefresh,
+        UnsupportedServer,
+        InstallError,
+    ) as exc:
         log.error("%s", exc)
+        return 1
+    except (psycopg.OperationalError, SqlAlchemyOperationalError) as exc:
+        log.error("cannot reach the database: %s", exc)
         return 1
 
 
@@ -104,13 +145,20 @@ def wipe(data_dir: Path) -> None:
     print(f"wiped {data_dir}", flush=True)
 
 
-def _run(args: argparse.Namespace, url: str) -> int:
+def _run(args: argparse.Namespace, url: str, database: str | None) -> int:
+    """database: how to name a user's database; None for the embedded engine."""
     from worker.demo.dashboard import render_html, render_png
     from worker.demo.pipeline import existing_workload
     from worker.demo.summary import build_summary, file_lines
+    from worker.schema.server_check import ensure_supported
 
     clock = time.perf_counter()
-    print(f"embedded engine: {url} (data kept in {args.data_dir})", flush=True)
+    if database is None:
+        print(f"embedded engine: {url} (data kept in {args.data_dir})", flush=True)
+    else:
+        print(f"{database}: demo rows are marked with the attribute {MARKER}", flush=True)
+        args.where = database
+        print("\n".join(ensure_supported(url).lines()), flush=True)
     applied = [line for report in migrate(url) for line in report.lines()]
     print("\n".join(applied), flush=True)
     progress = not args.no_progress
@@ -126,18 +174,13 @@ def _run(args: argparse.Namespace, url: str) -> int:
         html = render_html(summary, png, out / "dashboard.html")
     print("\n".join(summary.lines()))
     print()
-    print(
-        "\n".join(
-            file_lines(
-                [
-                    ("dashboard picture", str(png)),
-                    ("dashboard page", str(html)),
-                    ("engine data", str(args.data_dir)),
-                    ("engine log", str(args.data_dir / "engine.log")),
-                ]
-            )
-        )
-    )
+    files = [("dashboard picture", str(png)), ("dashboard page", str(html))]
+    if database is None:
+        files += [
+            ("engine data", str(args.data_dir)),
+            ("engine log", str(args.data_dir / "engine.log")),
+        ]
+    print("\n".join(file_lines(files)))
     print(f"\ndemo done in {time.perf_counter() - clock:.0f} s")
     return 0
 
@@ -197,23 +240,23 @@ def _reuse(
 
     if existing.end - existing.start < timedelta(days=DAYS):
         raise DemoError(
-            f"the workload in {args.data_dir} is incomplete ({existing.traces:,} traces, "
+            f"the workload in {_where(args)} is incomplete ({existing.traces:,} traces, "
             f"{existing.start:%Y-%m-%d %H:%M} .. {existing.end:%Y-%m-%d %H:%M} UTC, not "
-            f"{DAYS} days: an interrupted run?): run again with --fresh"
+            f"{DAYS} days: an interrupted run?): {_again(args)}"
         )
     if datetime.now(UTC) - existing.start > REUSE_MAX_AGE:
         raise DemoError(
-            f"the workload in {args.data_dir} starts {existing.start:%Y-%m-%d %H:%M} UTC, too "
-            "close to the 30-day raw-data retention to re-aggregate: run again with --fresh"
+            f"the workload in {_where(args)} starts {existing.start:%Y-%m-%d %H:%M} UTC, too "
+            f"close to the 30-day raw-data retention to re-aggregate: {_again(args)}"
         )
     rate = existing.traces_per_hour
     stored = f"seed {existing.seed}, " + (
         f"{rate:g} traces per hour" if rate is not None else "traces per hour not recorded"
     )
     print(
-        f"reusing the workload already in {args.data_dir}: {existing.traces:,} traces, "
+        f"reusing the workload already in {_where(args)}: {existing.traces:,} traces, "
         f"{existing.start:%Y-%m-%d %H:%M} .. {existing.end:%Y-%m-%d %H:%M} UTC ({stored}; "
-        "--fresh regenerates it)",
+        f"{_regenerate(args)})",
         flush=True,
     )
     # Only options given on the command line: their defaults say nothing about the stored run.
@@ -228,11 +271,27 @@ def _reuse(
     if ignored:
         print(
             f"NOTE: {' and '.join(ignored)} ignored: the stored workload ({stored}) is reused "
-            "as it is. Add --fresh to wipe it and generate anew with these options.",
+            f"as it is ({_regenerate(args)} with these options).",
             flush=True,
         )
     _sync(url, existing.start, existing.end, progress)
     return existing.start, existing.end
+
+
+def _regenerate(args: argparse.Namespace) -> str:
+    if getattr(args, "where", None):
+        return "to regenerate it, delete the demo's rows (README: Demo on your own database)"
+    return "--fresh regenerates it"
+
+
+def _again(args: argparse.Namespace) -> str:
+    if getattr(args, "where", None):
+        return "delete the demo's rows (README: Demo on your own database) and run again"
+    return "run again with --fresh"
+
+
+def _where(args: argparse.Namespace) -> str:
+    return getattr(args, "where", None) or str(args.data_dir)
 
 
 def _sync(url: str, start: datetime, end: datetime, progress: bool) -> None:

@@ -42,12 +42,18 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     # Imported here so that `python -m worker --help` does not pay for alembic and the models.
     from worker.schema.migrate import current_revision, migrate
+    from worker.schema.server_check import UnsupportedServer, ensure_supported
 
     shown = make_url(url).render_as_string(hide_password=True)
     print(f"migrating {shown}", flush=True)
     try:
+        server = ensure_supported(url)
+        print("\n".join(server.lines()), flush=True)
         reports = migrate(url, args.revision)
         revision = current_revision(url)
+    except UnsupportedServer as exc:
+        log.error("refusing to migrate: %s", exc)
+        return 1
     except (InstallError, SqlLayoutError) as exc:
         log.error("%s", exc)
         return 1

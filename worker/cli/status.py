@@ -48,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from worker.monitoring.health import rollup_health
     from worker.rollups.liveness import held_leases, running_runs
     from worker.rollups.runs import granularity_statuses
+    from worker.schema.server_check import check_server
 
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            # First, so that a server whose jobs all fail says so even without the schema.
+            server = check_server(conn)
+            print("\n".join(server.lines()), flush=True)
             health = rollup_health(conn)
             runs = granularity_statuses(conn)
             running = running_runs(conn)
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     except psycopg.errors.UndefinedTable as exc:
         log.error("the observability schema is not installed (python -m worker migrate): %s", exc)
         return 1
-    print("\n".join(render(health) + ["", *render_runs(runs), *render_liveness(running, leases)]))
+    lines = ["", *render(health), "", *render_runs(runs), *render_liveness(running, leases)]
+    print("\n".join(lines))
     return 0
 
 

@@ -27,6 +27,7 @@ from worker.rollups.liveness import (
     held_leases,
     running_runs,
 )
+from worker.schema.server_check import ServerReport, check_server
 
 log = logging.getLogger("worker.exporter")
 
@@ -47,6 +48,7 @@ class _Reading:
     health: RollupHealth
     runs: list[RunningRuns]
     leases: list[HeldLease]
+    server: ServerReport
 
 
 def _read(database_url: str) -> _Reading:
@@ -55,7 +57,9 @@ def _read(database_url: str) -> _Reading:
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         statement_timeout=HEALTH_STATEMENT_TIMEOUT_SECONDS,
     ) as conn:
-        reading = _Reading(rollup_health(conn), running_runs(conn), held_leases(conn))
+        reading = _Reading(
+            rollup_health(conn), running_runs(conn), held_leases(conn), check_server(conn)
+        )
         if not _seeded_done:
             _seed_last_successes(conn)
         return reading
@@ -118,7 +122,7 @@ class DatabaseHealthCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        health = reading.health
+        health, server = reading.health, reading.server
         up.add_metric([], 1)
         yield up
         yield from _liveness(reading)
@@ -220,6 +224,32 @@ class DatabaseHealthCollector(Collector):
             waiting.add_metric([late.granularity], late.waiting(health.checked_at).total_seconds())
         yield stale
         yield waiting
+        yield from _server_metrics(server)
+
+
+def _server_metrics(server: ServerReport) -> Iterable[Metric]:
+    runs = server.facts.runs
+    all_failing = GaugeMetricFamily(
+        "observability_database_jobs_all_failing",
+        "1 when at least one of the project's database-side jobs has run and the latest run "
+        "of every one that ran failed (the server's jobs are broken as a whole), else 0",
+    )
+    all_failing.add_metric([], runs.all_failing)
+    yield all_failing
+    failing = GaugeMetricFamily(
+        "observability_database_jobs_failing",
+        "The project's database-side jobs whose latest run failed",
+    )
+    failing.add_metric([], runs.failing)
+    yield failing
+    problems = GaugeMetricFamily(
+        "observability_server_check_findings",
+        "Findings of the server check (python -m worker status prints them) by level",
+        labels=["level"],
+    )
+    for level in ("error", "warning"):
+        problems.add_metric([level], sum(f.level == level for f in server.findings))
+    yield problems
 
 
 def _liveness(reading: _Reading) -> Iterable[Metric]:
