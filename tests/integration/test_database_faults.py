@@ -22,6 +22,7 @@ from worker.rollups import service as aggregation_service
 from worker.rollups.leases import DatabaseUnresponsive, acquire
 from worker.rollups.liveness import held_leases, running_runs
 from worker.rollups.runs import ABANDONED_ERROR
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.faults
 
@@ -85,14 +86,27 @@ def test_database_lost_mid_run_records_its_own_error_once_back(
                 proxy.cut()
 
         with pytest.raises(psycopg.OperationalError):
-            backfill_metrics(start, end, "hour", database_url=proxy.url, progress=stop_the_database)
+            backfill_metrics(
+                start,
+                end,
+                "hour",
+                database_url=proxy.url,
+                settings=WorkerSettings.from_env(),
+                progress=stop_the_database,
+            )
         # nothing could be written while the database was gone
         lost = _runs(agg_conn)[-1]
         assert lost["status"] == "running" and lost["done_until"] == start + 6 * HOUR
 
         proxy.heal()
         summary = backfill_metrics(
-            start, end, "hour", database_url=proxy.url, resume=True, wait_seconds=30
+            start,
+            end,
+            "hour",
+            database_url=proxy.url,
+            settings=WorkerSettings.from_env(),
+            resume=True,
+            wait_seconds=30,
         )
     first, second = _runs(agg_conn)
     assert first["status"] == "failed"
@@ -124,7 +138,14 @@ def test_a_frozen_database_aborts_the_run_instead_of_hanging(
 
         def run() -> None:
             try:
-                backfill_metrics(start, end, "hour", database_url=proxy.url, progress=freeze)
+                backfill_metrics(
+                    start,
+                    end,
+                    "hour",
+                    database_url=proxy.url,
+                    settings=WorkerSettings.from_env(),
+                    progress=freeze,
+                )
             except BaseException as exc:  # noqa: BLE001
                 outcome["error"] = exc
                 outcome["failed_at"] = time.monotonic()
@@ -148,7 +169,15 @@ def test_a_frozen_database_aborts_the_run_instead_of_hanging(
         assert took < 4, f"the scrape waited {took:.1f} s on a frozen database"
 
         proxy.heal()
-        backfill_metrics(start, end, "hour", database_url=proxy.url, resume=True, wait_seconds=30)
+        backfill_metrics(
+            start,
+            end,
+            "hour",
+            database_url=proxy.url,
+            settings=WorkerSettings.from_env(),
+            resume=True,
+            wait_seconds=30,
+        )
     failed, succeeded = _runs(agg_conn)
     assert failed["status"] == "failed" and "DatabaseUnresponsive" in failed["error"]
     assert succeeded["status"] == "succeeded"
@@ -180,7 +209,9 @@ def test_records_are_counted_as_each_batch_commits(
     before = processed()
     monkeypatch.setattr(aggregation_service, "sync_window", killed_in_second_batch)
     with pytest.raises(psycopg.OperationalError):
-        backfill_metrics(start, end, "hour", database_url=agg_conn.info.dsn)
+        backfill_metrics(
+            start, end, "hour", database_url=agg_conn.info.dsn, settings=WorkerSettings.from_env()
+        )
     committed = agg_conn.execute(
         "select count(*) from observability.metrics_aggregates where granularity = 'hour'"
     ).fetchone()
@@ -276,5 +307,11 @@ def test_worker_sessions_carry_a_statement_timeout_and_keepalives(
 
     monkeypatch.setattr(aggregation_service, "refresh_rollups", refresh)
     start = day_start(5)
-    backfill_metrics(start, start + HOUR, "hour", database_url=agg_conn.info.dsn)
+    backfill_metrics(
+        start,
+        start + HOUR,
+        "hour",
+        database_url=agg_conn.info.dsn,
+        settings=WorkerSettings.from_env(),
+    )
     assert seen == [("11s",)]

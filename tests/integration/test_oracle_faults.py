@@ -11,6 +11,7 @@ from tests.oracle import run as oracle_run
 from tests.oracle.rollup import GRANULARITIES, WIDTHS, bucket
 from tests.oracle.run import run_case
 from worker.rollups import backfill_metrics
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.faults
 
@@ -47,6 +48,7 @@ def test_oracle_after_the_database_is_lost_mid_sync(
                         end,
                         granularity,
                         database_url=proxy.url,
+                        settings=WorkerSettings.from_env(),
                         now=now,
                         progress=cut_after_first,
                     )
@@ -58,6 +60,7 @@ def test_oracle_after_the_database_is_lost_mid_sync(
                     end,
                     granularity,
                     database_url=proxy.url,
+                    settings=WorkerSettings.from_env(),
                     now=now,
                     resume=True,
                     wait_seconds=30,

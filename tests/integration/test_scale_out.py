@@ -41,7 +41,19 @@ def _start_ingest(url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "ingest", "--port", str(port), "--database-url", url],
+            # two replicas on one host: gRPC off (this test exports over HTTP; one port each)
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "ingest",
+                "--port",
+                str(port),
+                "--grpc-port",
+                "off",
+                "--database-url",
+                url,
+            ],
             cwd=ROOT,
             env={**os.environ, "OBSERVABILITY_INGEST_TOKEN": TOKEN},
             stdout=out,

@@ -22,6 +22,7 @@ from worker.rollups import service as aggregation_service
 from worker.rollups.runs import ABANDONED_ERROR
 from worker.scheduling.app import app as celery_app
 from worker.scheduling.tasks import AGGREGATE_TASK
+from worker.settings import WorkerSettings
 
 aggregate_task = celery_app.tasks[AGGREGATE_TASK]
 
@@ -67,12 +68,14 @@ def test_the_next_scheduled_run_resumes_a_backfill_whose_worker_died(
     _fail_second_batch(monkeypatch)
     monkeypatch.setattr(aggregation_service, "_record_failure", lambda *args: None)
     with pytest.raises(psycopg.OperationalError):
-        backfill_metrics(start, end, "hour", database_url=url)
+        backfill_metrics(start, end, "hour", database_url=url, settings=WorkerSettings.from_env())
     monkeypatch.undo()
     monkeypatch.setenv("OBSERVABILITY_BATCH_BUCKETS", "6")
     assert _runs(agg_conn)[-1]["status"] == "running"
 
-    summary = aggregate_observability_metrics("hour", database_url=url)
+    summary = aggregate_observability_metrics(
+        "hour", database_url=url, settings=WorkerSettings.from_env()
+    )
     (resumed,) = summary["resumed_backfills"]
     assert resumed["resumed_from"] == (start + 6 * HOUR).isoformat()
     assert resumed["buckets"] == 18
@@ -82,7 +85,9 @@ def test_the_next_scheduled_run_resumes_a_backfill_whose_worker_died(
     assert finished["status"] == "succeeded" and finished["range_start"] == start
     assert _table_equals_view(agg_conn, start, end)
     # once finished, nothing is left to resume
-    again = aggregate_observability_metrics("hour", database_url=url)
+    again = aggregate_observability_metrics(
+        "hour", database_url=url, settings=WorkerSettings.from_env()
+    )
     assert again["resumed_backfills"] == []
 
 
@@ -101,9 +106,13 @@ def test_a_scheduled_run_stopped_midway_is_resumed_where_it_stopped(
     url = agg_conn.info.dsn
     _fail_second_batch(monkeypatch)  # e.g. its time limit stopped it
     with pytest.raises(psycopg.OperationalError):
-        aggregate_observability_metrics("hour", database_url=url)
+        aggregate_observability_metrics(
+            "hour", database_url=url, settings=WorkerSettings.from_env()
+        )
     monkeypatch.undo()
-    summary = aggregate_observability_metrics("hour", database_url=url)
+    summary = aggregate_observability_metrics(
+        "hour", database_url=url, settings=WorkerSettings.from_env()
+    )
     assert summary["window"]["start"] == (last_end + 6 * HOUR).isoformat()
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -106,7 +107,7 @@ def aggregate_observability_metrics(
         # Backfills whose worker died and whose task will not come back (it was not sent by
         # Celery, or the broker lost it) are taken up by the next scheduled run.
         summary["resumed_backfills"] = outcomes.resume_unfinished_backfills(
-            granularity, url, now, backfill_metrics
+            granularity, url, now, functools.partial(backfill_metrics, settings=settings)
         )
         return summary
     if start is None or end is None:
