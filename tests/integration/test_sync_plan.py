@@ -57,9 +57,7 @@ def synced_hours(agg_conn: psycopg.Connection[Any]) -> Window:
     for hour in range(3):
         rows = create_traces_for_aggregation(count=6, operation_type="chat")
         insert_traces(agg_conn, place(rows, start + hour * HOUR, HOUR / 6))
-    aggregate_observability_metrics(
-        "hour", start, start + 3 * HOUR, database_url=agg_conn.info.dsn
-    )
+    aggregate_observability_metrics("hour", start, start + 3 * HOUR, database_url=agg_conn.info.dsn)
     return Window("hour", start, start + 3 * HOUR)
 
 
