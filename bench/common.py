@@ -215,5 +215,5 @@ def goal_table(results: Sequence[tuple[str, Goal]]) -> str:
         for group, g in results
     ]
     return render_table(
-        "goals", ["group", "goal", "measured", "bound", "", "figures"], rows, "llrrll"
+        "goals", ["group", "goal", "measured", "bound", "met", "figures"], rows, "llrrll"
     )
