@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import traceback
 from collections.abc import Callable, Sequence
 
 from bench import engine, ingest, otlp, rollups, worker
@@ -81,7 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     goals: list[tuple[str, Goal]] = []
     for name in dict.fromkeys(args.groups or GROUPS):
         progress(f"== {name}")
-        result = GROUPS[name](options)
+        try:
+            result = GROUPS[name](options)
+        except Exception:  # noqa: BLE001
+            # One broken group must not hide the others' figures; it still fails the run.
+            traceback.print_exc()
+            print(f"group {name} failed before reporting its goals (traceback above)\n")
+            ok = False
+            continue
         path = write_results(name, {**result.payload, "goals": [g.as_dict() for g in result.goals]})
         print(result.report)
         print(f"\nresults written to {path}\n", flush=True)

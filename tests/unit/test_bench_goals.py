@@ -85,3 +85,16 @@ def test_a_failed_group_exits_one_whatever_the_goals(
     _with_groups(monkeypatch, worker=_group(MET, ok=False))
     assert bench_main.main([*URL, "--check"]) == 1
     assert bench_main.main(URL) == 1
+
+
+def test_a_group_that_crashes_fails_the_run_and_the_others_still_report(
+    monkeypatch: pytest.MonkeyPatch, results_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(opts: Options) -> GroupResult:
+        raise RuntimeError("the endpoint refused a batch")
+
+    _with_groups(monkeypatch, rollups=_group(MET))
+    monkeypatch.setitem(bench_main.GROUPS, "otlp", broken)
+    assert bench_main.main(URL) == 1
+    out = capsys.readouterr().out
+    assert "group otlp failed" in out and "1 of 1 goals met" in out
