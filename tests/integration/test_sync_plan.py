@@ -9,9 +9,9 @@ import pytest
 
 from tests.aggregation_support import aggregates, day_start, insert_traces, place
 from tests.factories import create_traces_for_aggregation
-from worker.aggregation import aggregate_observability_metrics
-from worker.aggregation.sync import _SYNC, sync_window
-from worker.aggregation.windows import Window
+from worker.rollups import aggregate_observability_metrics
+from worker.rollups.sync import _SYNC, sync_window
+from worker.rollups.windows import Window
 
 HOUR = timedelta(hours=1)
 
