@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from worker.cli import build_parser, main
-from worker.commands.ingest import TOKEN_ENV, is_loopback
+from worker.commands.ingest import MAX_IN_FLIGHT_ENV, TOKEN_ENV, is_loopback
 
 
 def test_ingest_arguments_and_defaults() -> None:
@@ -18,7 +18,13 @@ def test_ingest_arguments_and_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--port", "70000"], ["--max-body-bytes", "0"], ["--max-concurrent-requests", "0"]]
+    "argv",
+    [
+        ["--port", "70000"],
+        ["--max-body-bytes", "0"],
+        ["--max-concurrent-requests", "0"],
+        ["--max-requests-in-flight", "0"],
+    ],
 )
 def test_ingest_rejects_bad_numbers(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
@@ -59,3 +65,37 @@ def test_ingest_needs_a_database(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert main(["ingest"]) == 2
     assert "no database" in caplog.text
+
+
+def test_requests_in_flight_from_the_flag_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    import worker.otlp.server
+
+    seen: list[int] = []
+    real = worker.otlp.server.create_app
+
+    def recording(settings: worker.otlp.server.Settings) -> object:
+        seen.append(settings.max_requests_in_flight)
+        return real(settings)
+
+    monkeypatch.setattr(worker.otlp.server, "create_app", recording)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # not serving: only settings
+    url = ["--database-url", "postgresql://nowhere/db"]
+    monkeypatch.delenv(MAX_IN_FLIGHT_ENV, raising=False)
+    assert main(["ingest", *url]) == 0
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "3")
+    assert main(["ingest", *url]) == 0
+    assert main(["ingest", *url, "--max-requests-in-flight", "5"]) == 0
+    assert seen == [8, 3, 5]
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_a_bad_requests_in_flight_environment_value_refuses_to_start(
+    value: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, value)
+    assert main(["ingest", "--database-url", "postgresql://nowhere/db"]) == 2
+    assert f"{MAX_IN_FLIGHT_ENV} must be a whole number, at least 1" in caplog.text

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from worker.commands import add_database_url, database_url
 from worker.otlp import DEFAULT_MAX_BODY_BYTES
+from worker.otlp.admission import DEFAULT_MAX_REQUESTS_IN_FLIGHT
 
 if TYPE_CHECKING:
     from worker.commands import SubParsers
@@ -17,6 +18,7 @@ log = logging.getLogger("worker.ingest")
 
 TOKEN_ENV = "OBSERVABILITY_INGEST_TOKEN"
 MAX_FUTURE_ENV = "OBSERVABILITY_MAX_FUTURE_SECONDS"
+MAX_IN_FLIGHT_ENV = "OBSERVABILITY_MAX_REQUESTS_IN_FLIGHT"
 
 
 def register(subparsers: SubParsers) -> None:
@@ -49,8 +51,17 @@ def register(subparsers: SubParsers) -> None:
         "--max-concurrent-requests",
         type=_positive,
         default=4,
-        help="requests processed at once; others wait before their body is read. Each takes "
-        "about 6 times its body size in memory while it is processed (default: 4)",
+        help="requests processed at once; other admitted ones wait before their body is read. "
+        "Each takes about 6 times its body size in memory while it is processed (default: 4)",
+    )
+    ingest.add_argument(
+        "--max-requests-in-flight",
+        type=_positive,
+        default=None,
+        help="requests admitted at once, those waiting for their turn included; past it a "
+        "request is answered 503 with Retry-After at once, and OTLP exporters retry it "
+        f"(default: the {MAX_IN_FLIGHT_ENV} environment variable, "
+        f"else {DEFAULT_MAX_REQUESTS_IN_FLIGHT})",
     )
     ingest.add_argument(
         "--max-future-seconds",
@@ -84,6 +95,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, argparse.ArgumentTypeError) as exc:
         log.error("%s must be a whole number of seconds, at least 1: %s", MAX_FUTURE_ENV, exc)
         return 2
+    try:
+        in_flight = args.max_requests_in_flight or _positive(
+            os.environ.get(MAX_IN_FLIGHT_ENV) or str(DEFAULT_MAX_REQUESTS_IN_FLIGHT)
+        )
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        log.error("%s must be a whole number, at least 1: %s", MAX_IN_FLIGHT_ENV, exc)
+        return 2
     settings = Settings(
         database_url=url,
         max_future=timedelta(seconds=max_future),
@@ -91,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         token=token,
         pool_size=args.pool_size,
         max_concurrent_requests=args.max_concurrent_requests,
+        max_requests_in_flight=in_flight,
     )
     log.info(
         "OTLP/HTTP endpoint on http://%s:%d/v1/traces (bearer token %s)",
