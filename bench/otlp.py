@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.common import (
     GroupResult,
@@ -30,12 +32,14 @@ from bench.common import (
     server_info,
 )
 from bench.ingest_workload import INSERT_SELECT_SQL, insert_select_params
+from bench.otlp_burst import Burst, burst_lines, make_exports, run_burst
 from worker.engine import EmbeddedEngine
-from worker.otlp.encode import make_request, make_span
+from worker.otlp.encode import make_request, make_span, otlp_json
 from worker.schema import install
 
 BATCH = 1_000
 GOAL = 0.25  # OTLP spans/s as a fraction of in-engine INSERT ... SELECT
+JSON_GOAL = 0.5  # OTLP/JSON spans/s as a fraction of OTLP/protobuf
 # One exporter, as an SDK's batch span processor sends one export at a time. More concurrent
 # clients were measured slower here: the endpoint's Python work shares one interpreter lock.
 CLIENTS = 1
@@ -53,6 +57,7 @@ MODELS = (
     ("meta", "llama-3-70b"),
 )
 HEADERS = {"content-type": "application/x-protobuf"}
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 def genai_batch(number: int, size: int = BATCH) -> bytes:
@@ -152,7 +157,14 @@ def endpoint(database_url: str, max_body_bytes: int | None = None) -> Iterator[E
             process.wait()
 
 
-def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
+def json_body(protobuf: bytes) -> bytes:
+    """The same request in OTLP/JSON."""
+    return json.dumps(otlp_json(ExportTraceServiceRequest.FromString(protobuf))).encode()
+
+
+def send(
+    url: str, bodies: Iterator[bytes], clients: int = CLIENTS, headers: dict[str, str] = HEADERS
+) -> int:
     """Posts every body, from several clients at once; returns the bytes sent."""
     lock = threading.Lock()
     sent = 0
@@ -166,8 +178,9 @@ def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
                     body = next(bodies, None)
                 if body is None:
                     return
-                response = client.post(f"{url}/v1/traces", content=body, headers=HEADERS)
-                if response.status_code != 200 or response.content:
+                response = client.post(f"{url}/v1/traces", content=body, headers=headers)
+                # An empty response: no partial success, every span accepted unchanged.
+                if response.status_code != 200 or response.content not in (b"", b"{}"):
                     errors.append(f"HTTP {response.status_code}: {response.content[:300]!r}")
                     return
                 with lock:
@@ -190,9 +203,12 @@ def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
 class Rates:
     insert_select_s: list[float] = field(default_factory=list)
     otlp_s: list[float] = field(default_factory=list)
+    json_s: list[float] = field(default_factory=list)
     insert_select_spans_per_s: float | None = None
     otlp_spans_per_s: float | None = None
+    json_spans_per_s: float | None = None
     ratio: float | None = None
+    json_ratio: float | None = None  # OTLP/JSON vs OTLP/protobuf
 
 
 def empty(conn: psycopg.Connection[Any]) -> None:
@@ -208,9 +224,11 @@ def measure_rates(conn: psycopg.Connection[Any], url: str, opts: Options, n: int
     batches = n // BATCH
     progress(f"otlp: encoding {batches} batches of {BATCH:,} GenAI spans")
     bodies = [genai_batch(b) for b in range(batches)]
+    json_bodies = [json_body(body) for body in bodies]
     rates = Rates()
     with endpoint(url) as server:
         send(server.url, iter([genai_batch(10_000)]))  # warm-up: pool, plans, price lookup
+        send(server.url, iter([json_body(genai_batch(10_001))]), headers=JSON_HEADERS)
         conn.execute(INSERT_SELECT_SQL, insert_select_params(BATCH))
         empty(conn)
         for run in range(1, opts.repeat + 1):
@@ -225,15 +243,26 @@ def measure_rates(conn: psycopg.Connection[Any], url: str, opts: Options, n: int
             if stored != n:
                 raise RuntimeError(f"OTLP run stored {stored:,} spans, expected {n:,}")
             empty(conn)
+            began = time.perf_counter()
+            send(server.url, iter(json_bodies), headers=JSON_HEADERS)
+            rates.json_s.append(time.perf_counter() - began)
+            stored = count_spans(conn)
+            if stored != n:
+                raise RuntimeError(f"OTLP/JSON run stored {stored:,} spans, expected {n:,}")
+            empty(conn)
             progress(
                 f"  run {run}/{opts.repeat}: INSERT ... SELECT {rates.insert_select_s[-1]:.2f}s, "
-                f"OTLP {rates.otlp_s[-1]:.2f}s"
+                f"OTLP {rates.otlp_s[-1]:.2f}s, OTLP/JSON {rates.json_s[-1]:.2f}s"
             )
     base, otlp = median(rates.insert_select_s), median(rates.otlp_s)
     rates.insert_select_spans_per_s = n / base if base else None
     rates.otlp_spans_per_s = n / otlp if otlp else None
+    as_json = median(rates.json_s)
+    rates.json_spans_per_s = n / as_json if as_json else None
     if rates.insert_select_spans_per_s and rates.otlp_spans_per_s:
         rates.ratio = rates.otlp_spans_per_s / rates.insert_select_spans_per_s
+    if rates.otlp_spans_per_s and rates.json_spans_per_s:
+        rates.json_ratio = rates.json_spans_per_s / rates.otlp_spans_per_s
     return rates
 
 
@@ -254,12 +283,24 @@ def measure_memory(conn: psycopg.Connection[Any], url: str) -> Memory:
     with endpoint(url) as server:
         memory.idle_peak_rss_bytes = server.peak_rss_bytes()
         began = time.perf_counter()
-        memory.payload_bytes = send(server.url, (genai_batch(100_000 + b) for b in range(batches)))
+        # Batch numbers whose spans start in the past (each batch is 10 s after the one before).
+        bodies = (genai_batch(20_000 + b) for b in range(batches))
+        memory.payload_bytes = send(server.url, bodies)
         memory.seconds = time.perf_counter() - began
         memory.peak_rss_bytes = server.peak_rss_bytes()
     memory.spans = count_spans(conn)
     empty(conn)
     return memory
+
+
+def measure_burst(conn: psycopg.Connection[Any], url: str) -> Burst:
+    plan = make_exports(START_NS + 86_400 * 10**9)  # a day after the other runs' spans
+    progress(f"otlp: a burst of {len(plan)} SDK exporters at once")
+    with endpoint(url) as server:
+        burst = run_burst(server.url, plan)
+    burst.spans_stored = count_spans(conn)
+    empty(conn)
+    return burst
 
 
 # --- the group -----------------------------------------------------------------------------------
@@ -293,6 +334,7 @@ def run(opts: Options) -> GroupResult:
         set_jobs(conn, scheduled=False)  # no policy refresh in the middle of a timing
         try:
             rates = measure_rates(conn, url, opts, n)
+            burst = measure_burst(conn, url)
             memory = measure_memory(conn, url)
         finally:
             set_jobs(conn, scheduled=True)
@@ -303,13 +345,19 @@ def run(opts: Options) -> GroupResult:
         "duration_s": round(time.perf_counter() - started, 3),
         "rates": asdict(rates),
         "memory": asdict(memory),
+        "burst": {**asdict(burst), "refused": burst.refused, "ok": burst.ok()},
         "goal": GOAL,
+        "json_goal": JSON_GOAL,
     }
-    ok = rates.ratio is not None and rates.ratio >= GOAL
-    return GroupResult(payload, report(rates, memory, n, opts, target), ok)
+    ok = rates.ratio is not None and rates.ratio >= GOAL and json_ok(rates) and burst.ok()
+    return GroupResult(payload, report(rates, memory, burst, n, opts, target), ok)
 
 
-def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> str:
+def json_ok(rates: Rates) -> bool:
+    return rates.json_ratio is not None and rates.json_ratio >= JSON_GOAL
+
+
+def report(rates: Rates, memory: Memory, burst: Burst, n: int, opts: Options, target: str) -> str:
     rows = [
         [
             "in-engine INSERT ... SELECT into spans",
@@ -322,6 +370,16 @@ def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> 
             fmt_seconds(median(rates.otlp_s)),
             fmt_rate(rates.otlp_spans_per_s),
             fmt_ratio(rates.ratio),
+        ],
+        [
+            f"OTLP/HTTP JSON, the same requests, {CLIENTS} client(s)",
+            fmt_seconds(median(rates.json_s)),
+            fmt_rate(rates.json_spans_per_s),
+            fmt_ratio(
+                rates.json_spans_per_s / rates.insert_select_spans_per_s
+                if rates.json_spans_per_s and rates.insert_select_spans_per_s
+                else None
+            ),
         ],
     ]
     table = render_table(
@@ -338,6 +396,9 @@ def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> 
         "",
         f"goal: OTLP >= {GOAL:.2f} x in-engine INSERT ... SELECT: {verdict} "
         f"({fmt_ratio(rates.ratio)})",
+        f"goal: OTLP/JSON spans/s >= {JSON_GOAL:.2f} x OTLP/protobuf: "
+        f"{'met' if json_ok(rates) else 'NOT met'} ({fmt_ratio(rates.json_ratio)})",
+        *burst_lines(burst),
         "The OTLP path covers HTTP, protobuf decoding, mapping, the bulk writer (validation, "
         "pricing, upsert), trace rows for root spans and the trace totals update.",
         f"ingest process peak RSS (VmHWM) while receiving {memory.payload_bytes / mib:,.0f} MiB "
