@@ -33,9 +33,10 @@ def test_refused_requests_get_successive_seconds_at_the_rate_requests_finish(
     assert [admission.enter() for _ in range(8)] == [1, 1, 2, 2, 3, 3, 4, 4]
     assert admission.enter() == 4, "never past the longest Retry-After"
     clock[0] += 10  # the slots handed out have passed
-    for _ in range(30):  # 30 requests finished in the last 5 s: 6 a second
+    for _ in range(12):
         admission.leave()
         admission.enter()
+    clock[0] += 2  # 12 requests finished in the last 2 s: 6 a second
     assert [admission.enter() for _ in range(13)] == [1] * 6 + [2] * 6 + [3]
 
 

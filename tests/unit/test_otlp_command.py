@@ -89,7 +89,7 @@ def test_requests_in_flight_from_the_flag_else_the_environment(
     monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "3")
     assert main(["ingest", *url]) == 0
     assert main(["ingest", *url, "--max-requests-in-flight", "5"]) == 0
-    assert seen == [8, 3, 5]
+    assert seen == [4, 3, 5]
 
 
 @pytest.mark.parametrize("value", ["0", "many"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("worker.otlp")
 
-DEFAULT_MAX_REQUESTS_IN_FLIGHT = 8
+DEFAULT_MAX_REQUESTS_IN_FLIGHT = 4
 # Exporters give up an export some seconds after it began (10 s by default in the
 # OpenTelemetry SDKs); a later retry would never come.
 DEFAULT_MAX_RETRY_AFTER_S = 5
@@ -74,8 +74,11 @@ class Admission:
         self._rate(now)  # drops what is past the window
 
     def _rate(self, now: float) -> float:
-        """Requests finished per second lately; at least limit (one turn a second), which also
-        stands in while there is no history."""
-        while self._finished and self._finished[0] < now - RATE_WINDOW_S:
-            self._finished.popleft()
-        return max(float(self.limit), len(self._finished) / RATE_WINDOW_S)
+        """Requests finished per second lately; limit a second while too few have finished to
+        tell."""
+        finished = self._finished
+        while finished and finished[0] < now - RATE_WINDOW_S:
+            finished.popleft()
+        if len(finished) < self.limit:
+            return float(self.limit)
+        return len(finished) / max(1.0, now - finished[0])
