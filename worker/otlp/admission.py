@@ -24,7 +24,8 @@ class Admission:
     answered quickly. Each refused one is told when to come back (Retry-After): the refused
     requests of a burst get successive slots at the rate the endpoint has been finishing
     requests, so their retries do not all arrive in the same second, to be refused again.
-    Used from the event loop only, so it needs no lock.
+    Past the longest wait, the slots start again from the next second. Used from the event loop
+    only, so it needs no lock.
     """
 
     limit: int
@@ -63,6 +64,10 @@ class Admission:
             )
             self._logged_at, self._refused = now, 0
         slot = max(self._next_slot, now + 1.0)
+        if slot - now >= self.max_retry_after_s + 1.0:
+            # More refused than fit the longest wait: they are spread over it again, rather than
+            # all told the longest wait, to come back together after it.
+            slot = now + 1.0
         self._next_slot = slot + 1.0 / self._rate(now)
         # Retry-After counts whole seconds: the slots of each second share its start.
         return min(self.max_retry_after_s, int(slot - now + 1e-6))
