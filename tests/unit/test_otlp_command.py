@@ -74,7 +74,7 @@ def test_requests_in_flight_from_the_flag_else_the_environment(
 
     import worker.otlp.server
 
-    seen: list[int] = []
+    seen: list[int | None] = []
     real = worker.otlp.server.create_app
 
     def recording(settings: worker.otlp.server.Settings) -> object:
@@ -86,10 +86,19 @@ def test_requests_in_flight_from_the_flag_else_the_environment(
     url = ["--database-url", "postgresql://nowhere/db"]
     monkeypatch.delenv(MAX_IN_FLIGHT_ENV, raising=False)
     assert main(["ingest", *url]) == 0
-    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "3")
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "6")
     assert main(["ingest", *url]) == 0
     assert main(["ingest", *url, "--max-requests-in-flight", "5"]) == 0
-    assert seen == [4, 3, 5]
+    assert seen == [None, 6, 5]  # None: as many as --max-concurrent-requests
+
+
+def test_fewer_requests_in_flight_than_processed_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(MAX_IN_FLIGHT_ENV, raising=False)
+    argv = ["ingest", "--database-url", "postgresql://nowhere/db", "--max-requests-in-flight", "2"]
+    assert main(argv) == 2
+    assert "requests in flight (2) must be at least --max-concurrent-requests (4)" in caplog.text
 
 
 @pytest.mark.parametrize("value", ["0", "many"])

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from worker.commands import add_database_url, database_url
 from worker.otlp import DEFAULT_MAX_BODY_BYTES
-from worker.otlp.admission import DEFAULT_MAX_REQUESTS_IN_FLIGHT
 
 if TYPE_CHECKING:
     from worker.commands import SubParsers
@@ -58,10 +57,10 @@ def register(subparsers: SubParsers) -> None:
         "--max-requests-in-flight",
         type=_positive,
         default=None,
-        help="requests admitted at once, those waiting for their turn included; past it a "
-        "request is answered 503 with Retry-After at once, and OTLP exporters retry it "
-        f"(default: the {MAX_IN_FLIGHT_ENV} environment variable, "
-        f"else {DEFAULT_MAX_REQUESTS_IN_FLIGHT})",
+        help="requests admitted at once, those waiting for their turn included, at least "
+        "--max-concurrent-requests; past it a request is answered 503 with Retry-After at once, "
+        f"and OTLP exporters retry it (default: the {MAX_IN_FLIGHT_ENV} environment variable, "
+        "else --max-concurrent-requests)",
     )
     ingest.add_argument(
         "--max-future-seconds",
@@ -96,11 +95,18 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s must be a whole number of seconds, at least 1: %s", MAX_FUTURE_ENV, exc)
         return 2
     try:
-        in_flight = args.max_requests_in_flight or _positive(
-            os.environ.get(MAX_IN_FLIGHT_ENV) or str(DEFAULT_MAX_REQUESTS_IN_FLIGHT)
-        )
+        from_env = os.environ.get(MAX_IN_FLIGHT_ENV)
+        in_flight = args.max_requests_in_flight or (_positive(from_env) if from_env else None)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         log.error("%s must be a whole number, at least 1: %s", MAX_IN_FLIGHT_ENV, exc)
+        return 2
+    if in_flight is not None and in_flight < args.max_concurrent_requests:
+        log.error(
+            "requests in flight (%d) must be at least --max-concurrent-requests (%d): the "
+            "requests processed are in flight too",
+            in_flight,
+            args.max_concurrent_requests,
+        )
         return 2
     settings = Settings(
         database_url=url,

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("worker.otlp")
 
-DEFAULT_MAX_REQUESTS_IN_FLIGHT = 4
 # Exporters give up an export some seconds after it began (10 s by default in the
 # OpenTelemetry SDKs); a later retry would never come.
 DEFAULT_MAX_RETRY_AFTER_S = 5

@@ -24,11 +24,7 @@ from starlette.routing import Route
 
 from worker.ingest.errors import is_unavailable
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE
-from worker.otlp.admission import (
-    DEFAULT_MAX_REQUESTS_IN_FLIGHT,
-    DEFAULT_MAX_RETRY_AFTER_S,
-    Admission,
-)
+from worker.otlp.admission import DEFAULT_MAX_RETRY_AFTER_S, Admission
 from worker.otlp.body import DEFAULT_MAX_BODY_BYTES, ENCODINGS, TooLarge, read_body
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
 from worker.otlp.mapping import CHUNK_SPANS, iter_batches
@@ -51,9 +47,10 @@ class Settings:
     # Requests read and processed at once; others wait their turn before their body is read.
     # With chunk_spans, this bounds the memory: each holds its body, decoded, and one chunk.
     max_concurrent_requests: int = 4
-    # Requests admitted at once, the ones waiting for their turn included; past it a request is
-    # answered 503 at once instead of waiting, with a Retry-After of at most busy_retry_after_s.
-    max_requests_in_flight: int = DEFAULT_MAX_REQUESTS_IN_FLIGHT
+    # Requests admitted at once, the ones waiting for their turn included (None: as many as are
+    # processed at once); past it a request is answered 503 at once instead of waiting, with a
+    # Retry-After of at most busy_retry_after_s.
+    max_requests_in_flight: int | None = None
     busy_retry_after_s: int = DEFAULT_MAX_RETRY_AFTER_S
     chunk_spans: int = CHUNK_SPANS
     # Spans starting further ahead of now than this are refused (a sender's clock far off).
@@ -76,7 +73,13 @@ def create_app(settings: Settings) -> Starlette:
     )
 
     requests = asyncio.Semaphore(settings.max_concurrent_requests)
-    admission = Admission(settings.max_requests_in_flight, settings.busy_retry_after_s)
+    in_flight = settings.max_requests_in_flight or settings.max_concurrent_requests
+    if in_flight < settings.max_concurrent_requests:
+        raise ValueError(
+            f"max_requests_in_flight ({in_flight}) must be at least max_concurrent_requests "
+            f"({settings.max_concurrent_requests}): the requests processed are in flight too"
+        )
+    admission = Admission(in_flight, settings.busy_retry_after_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
