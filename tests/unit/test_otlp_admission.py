@@ -34,14 +34,10 @@ def test_refused_requests_get_successive_seconds_at_the_rate_requests_finish(
     # Never past the longest Retry-After: the next ones are spread over it again.
     assert [admission.enter() for _ in range(3)] == [1, 1, 2]
     clock[0] += 10  # the slots handed out have passed
-    admission = Admission(limit=3)
-    for _ in range(3):
-        admission.enter()
-    clock[0] += 0.5
-    for _ in range(3):  # each took 0.5 s, three at once: 6 a second when full
+    for _ in range(12):
         admission.leave()
-    for _ in range(3):
         admission.enter()
+    clock[0] += 2  # 12 requests finished in the last 2 s: 6 a second
     assert [admission.enter() for _ in range(13)] == [1] * 6 + [2] * 6 + [3]
 
 

@@ -11,7 +11,7 @@ log = logging.getLogger("worker.otlp")
 # Exporters give up an export some seconds after it began (10 s by default in the
 # OpenTelemetry SDKs); a later retry would never come.
 DEFAULT_MAX_RETRY_AFTER_S = 5
-RECENT = 32  # requests whose time in flight tells the rate
+RATE_WINDOW_S = 5.0
 LOG_EVERY_S = 10.0
 
 
@@ -21,20 +21,17 @@ class Admission:
 
     A request past the limit is refused at once instead of queued, so the accepted ones are
     answered quickly. Each refused one is told when to come back (Retry-After): the refused
-    requests of a burst get successive slots at the rate the endpoint can finish requests, so
-    their retries do not all arrive in the same second, to be refused again. Past the longest
-    wait, the slots start again from the next second. Used from the event loop only, so it
-    needs no lock.
+    requests of a burst get successive slots at the rate the endpoint has been finishing
+    requests, so their retries do not all arrive in the same second, to be refused again.
+    Past the longest wait, the slots start again from the next second. Used from the event loop
+    only, so it needs no lock.
     """
 
     limit: int
     max_retry_after_s: int = DEFAULT_MAX_RETRY_AFTER_S
     in_flight: int = 0
     refused_total: int = 0
-    _entered: collections.deque[float] = field(default_factory=collections.deque)
-    _durations: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT)
-    )
+    _finished: collections.deque[float] = field(default_factory=collections.deque)
     _next_slot: float = -math.inf
     _refused: int = 0  # since the last log line
     _logged_at: float = -math.inf
@@ -52,7 +49,6 @@ class Admission:
         seconds after which to retry it."""
         if self.in_flight < self.limit:
             self.in_flight += 1
-            self._entered.append(time.monotonic())
             return None
         now = time.monotonic()
         self.refused_total += 1
@@ -71,21 +67,22 @@ class Admission:
             # More refused than fit the longest wait: they are spread over it again, rather than
             # all told the longest wait, to come back together after it.
             slot = now + 1.0
-        self._next_slot = slot + 1.0 / self._rate()
+        self._next_slot = slot + 1.0 / self._rate(now)
         # Retry-After counts whole seconds: the slots of each second share its start.
         return min(self.max_retry_after_s, int(slot - now + 1e-6))
 
     def leave(self) -> None:
         self.in_flight -= 1
-        # Requests need not leave in the order they entered, but the sum of the times in flight,
-        # and so their mean, is the same either way.
-        self._durations.append(time.monotonic() - self._entered.popleft())
+        now = time.monotonic()
+        self._finished.append(now)
+        self._rate(now)  # drops what is past the window
 
-    def _rate(self) -> float:
-        """Requests the endpoint finishes per second when full: limit at once, each taking the
-        mean time of the last ones (Little's law); limit a second before any has finished.
-        Not the rate requests did finish, which is no more than the rate they were let in."""
-        if not self._durations:
+    def _rate(self, now: float) -> float:
+        """Requests finished per second lately; limit a second while too few have finished to
+        tell."""
+        finished = self._finished
+        while finished and finished[0] < now - RATE_WINDOW_S:
+            finished.popleft()
+        if len(finished) < self.limit:
             return float(self.limit)
-        mean = sum(self._durations) / len(self._durations)
-        return self.limit / max(mean, 0.001)
+        return len(finished) / max(1.0, now - finished[0])
