@@ -89,7 +89,7 @@ def test_requests_in_flight_from_the_flag_else_the_environment(
     monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "6")
     assert main(["ingest", *url]) == 0
     assert main(["ingest", *url, "--max-requests-in-flight", "5"]) == 0
-    assert seen == [None, 6, 5]  # None: as many as --max-concurrent-requests
+    assert seen == [None, 6, 5]  # None: twice --max-concurrent-requests
 
 
 def test_fewer_requests_in_flight_than_processed_refuses_to_start(

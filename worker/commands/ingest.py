@@ -60,7 +60,7 @@ def register(subparsers: SubParsers) -> None:
         help="requests admitted at once, those waiting for their turn included, at least "
         "--max-concurrent-requests; past it a request is answered 503 with Retry-After at once, "
         f"and OTLP exporters retry it (default: the {MAX_IN_FLIGHT_ENV} environment variable, "
-        "else --max-concurrent-requests)",
+        "else twice --max-concurrent-requests)",
     )
     ingest.add_argument(
         "--max-future-seconds",

@@ -47,9 +47,9 @@ class Settings:
     # Requests read and processed at once; others wait their turn before their body is read.
     # With chunk_spans, this bounds the memory: each holds its body, decoded, and one chunk.
     max_concurrent_requests: int = 4
-    # Requests admitted at once, the ones waiting for their turn included (None: as many as are
-    # processed at once); past it a request is answered 503 at once instead of waiting, with a
-    # Retry-After of at most busy_retry_after_s.
+    # Requests admitted at once, the ones waiting for their turn included (None: twice as many
+    # as are processed at once, so that a wave of retries is absorbed); past it a request is
+    # answered 503 at once instead of waiting, with a Retry-After of at most busy_retry_after_s.
     max_requests_in_flight: int | None = None
     busy_retry_after_s: int = DEFAULT_MAX_RETRY_AFTER_S
     chunk_spans: int = CHUNK_SPANS
@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> Starlette:
     )
 
     requests = asyncio.Semaphore(settings.max_concurrent_requests)
-    in_flight = settings.max_requests_in_flight or settings.max_concurrent_requests
+    in_flight = settings.max_requests_in_flight or 2 * settings.max_concurrent_requests
     if in_flight < settings.max_concurrent_requests:
         raise ValueError(
             f"max_requests_in_flight ({in_flight}) must be at least max_concurrent_requests "
