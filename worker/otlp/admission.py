@@ -10,7 +10,7 @@ log = logging.getLogger("worker.otlp")
 
 # Exporters give up an export some seconds after it began (10 s by default in the
 # OpenTelemetry SDKs); a later retry would never come.
-DEFAULT_MAX_RETRY_AFTER_S = 5
+DEFAULT_MAX_RETRY_AFTER_S = 3
 RATE_WINDOW_S = 5.0
 LOG_EVERY_S = 10.0
 
