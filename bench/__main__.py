@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import argparse
+import traceback
 from collections.abc import Callable, Sequence
 
 from bench import engine, ingest, late, otlp, rollups, span_events, worker
-from bench.common import GroupResult, Options, progress, write_results
+from bench.common import Goal, GroupResult, Options, goal_table, progress, write_results
 
 GROUPS: dict[str, Callable[[Options], GroupResult]] = {
     "engine": engine.run,
@@ -40,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--database-url",
-        help="run the ingest measurements against this PostgreSQL instead of a fresh in-memory "
-        "embedded engine (engine start times are then skipped)",
+        help="run every group against this TimescaleDB (an empty observability schema, or none: "
+        "the groups install it and remove their rows afterwards) instead of a fresh embedded "
+        "engine; engine start times are then skipped",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with status 2 when a goal is missed (status 1 still means a group failed)",
     )
     parser.add_argument(
         "--timeout",
@@ -74,14 +81,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollups.configure(scale=args.scale)
     worker.configure(scale=args.scale)
     ok = True
+    goals: list[tuple[str, Goal]] = []
     for name in dict.fromkeys(args.groups or GROUPS):
         progress(f"== {name}")
-        result = GROUPS[name](options)
-        path = write_results(name, result.payload)
+        try:
+            result = GROUPS[name](options)
+        except Exception:  # noqa: BLE001
+            # One broken group must not hide the others' figures; it still fails the run.
+            traceback.print_exc()
+            print(f"group {name} failed before reporting its goals (traceback above)\n")
+            ok = False
+            continue
+        path = write_results(name, {**result.payload, "goals": [g.as_dict() for g in result.goals]})
         print(result.report)
         print(f"\nresults written to {path}\n", flush=True)
         ok = ok and result.ok
-    return 0 if ok else 1
+        goals += [(name, goal) for goal in result.goals]
+    return exit_status(goals, ok=ok, check=args.check)
+
+
+def exit_status(goals: Sequence[tuple[str, Goal]], *, ok: bool, check: bool) -> int:
+    """Print every goal with met/missed; 1 when a group failed, 2 (with check) when a goal was
+    missed, else 0."""
+    if goals:
+        print(goal_table(goals))
+    missed = [goal for _, goal in goals if not goal.met]
+    print(f"\n{len(goals) - len(missed)} of {len(goals)} goals met", flush=True)
+    if not ok:
+        return 1
+    return 2 if check and missed else 0
 
 
 if __name__ == "__main__":

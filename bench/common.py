@@ -32,10 +32,48 @@ class Options:
 
 
 @dataclass(frozen=True)
+class Goal:
+    """One goal of a group: a measured figure against a bound, e.g. >= 100 (x) or <= 5 (%)."""
+
+    name: str
+    value: float | None  # None: not measured (the run failed first)
+    op: str  # ">=" or "<="
+    target: float
+    unit: str = "x"  # "x", "%" or "" (a plain fraction)
+    detail: str = ""  # what was measured, e.g. "0.012 s vs 1.75 s"
+
+    @property
+    def met(self) -> bool:
+        if self.value is None:
+            return False
+        return self.value >= self.target if self.op == ">=" else self.value <= self.target
+
+    def measured(self) -> str:
+        if self.value is None:
+            return "-"
+        if self.unit == "%":
+            return f"{self.value:.2f}%"
+        return f"{self.value:.1f}x" if self.unit == "x" else f"{self.value:.2f}"
+
+    def bound(self) -> str:
+        return f"{self.op} {self.target:g}{self.unit}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "goal": self.bound(),
+            "met": self.met,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
 class GroupResult:
     payload: dict[str, Any]
     report: str
-    ok: bool
+    ok: bool  # False: the group could not measure what it should (errors, wrong data)
+    goals: tuple[Goal, ...] = ()
 
 
 def progress(message: str) -> None:
@@ -169,3 +207,13 @@ def write_results(group: str, payload: dict[str, Any], results_dir: Path = RESUL
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def goal_table(results: Sequence[tuple[str, Goal]]) -> str:
+    rows = [
+        [group, g.name, g.measured(), g.bound(), "met" if g.met else "MISSED", g.detail]
+        for group, g in results
+    ]
+    return render_table(
+        "goals", ["group", "goal", "measured", "bound", "met", "figures"], rows, "llrrll"
+    )

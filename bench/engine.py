@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bench.common import (
+    Goal,
     GroupResult,
     Options,
     describe_url,
@@ -491,4 +492,18 @@ def run(opts: Options) -> GroupResult:
         "ingest": [asdict(r) for r in ingest],
         "engine_log_tail": engine_tail,
     }
-    return GroupResult(payload, "\n\n".join(sections), all(r.status == "ok" for r in ingest))
+    base = ingest[0]
+    goals = tuple(
+        Goal(
+            f"{r.label} vs INSERT ... SELECT",
+            r.ratio_to_insert_select,
+            ">=",
+            COPY_GOAL,
+            "",
+            f"{fmt_rate(r.rows_per_s)} vs {fmt_rate(base.rows_per_s)} rows/s",
+        )
+        for r in ingest
+        if r.method.startswith("copy")
+    )
+    ok = all(r.status == "ok" for r in ingest)
+    return GroupResult(payload, "\n\n".join(sections), ok, goals=goals)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,9 +18,13 @@ from typing import Any
 import grpc
 import httpx
 import psycopg
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from bench.common import (
+    Goal,
     GroupResult,
     Options,
     describe_url,
@@ -32,12 +37,14 @@ from bench.common import (
     server_info,
 )
 from bench.ingest_workload import INSERT_SELECT_SQL, insert_select_params
-from tests.otlp_encode import make_request, make_span
+from bench.otlp_burst import LATENCY_GOAL_S, Burst, burst_lines, make_exports, run_burst
+from tests.otlp_encode import make_request, make_span, otlp_json
 from worker.embedded.engine import EmbeddedEngine
 from worker.schema.install import install
 
 BATCH = 1_000
 GOAL = 0.25  # OTLP spans/s as a fraction of in-engine INSERT ... SELECT
+JSON_GOAL = 0.5  # OTLP/JSON spans/s as a fraction of OTLP/protobuf
 # One exporter, as an SDK's batch span processor sends one export at a time. More concurrent
 # clients were measured slower here: the endpoint's Python work shares one interpreter lock.
 CLIENTS = 1
@@ -55,6 +62,7 @@ MODELS = (
     ("meta", "llama-3-70b"),
 )
 HEADERS = {"content-type": "application/x-protobuf"}
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 def genai_batch(number: int, size: int = BATCH) -> bytes:
@@ -175,7 +183,14 @@ def send_grpc(target: str, bodies: Iterator[bytes]) -> None:
                 raise RuntimeError(f"the endpoint refused spans: {answer.partial_success}")
 
 
-def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
+def json_body(protobuf: bytes) -> bytes:
+    """The same request in OTLP/JSON."""
+    return json.dumps(otlp_json(ExportTraceServiceRequest.FromString(protobuf))).encode()
+
+
+def send(
+    url: str, bodies: Iterator[bytes], clients: int = CLIENTS, headers: dict[str, str] = HEADERS
+) -> int:
     """Posts every body, from several clients at once; returns the bytes sent."""
     lock = threading.Lock()
     sent = 0
@@ -189,8 +204,9 @@ def send(url: str, bodies: Iterator[bytes], clients: int = CLIENTS) -> int:
                     body = next(bodies, None)
                 if body is None:
                     return
-                response = client.post(f"{url}/v1/traces", content=body, headers=HEADERS)
-                if response.status_code != 200 or response.content:
+                response = client.post(f"{url}/v1/traces", content=body, headers=headers)
+                # An empty response: no partial success, every span accepted unchanged.
+                if response.status_code != 200 or response.content not in (b"", b"{}"):
                     errors.append(f"HTTP {response.status_code}: {response.content[:300]!r}")
                     return
                 with lock:
@@ -214,11 +230,14 @@ class Rates:
     insert_select_s: list[float] = field(default_factory=list)
     otlp_s: list[float] = field(default_factory=list)
     grpc_s: list[float] = field(default_factory=list)
+    json_s: list[float] = field(default_factory=list)
     insert_select_spans_per_s: float | None = None
     otlp_spans_per_s: float | None = None
     grpc_spans_per_s: float | None = None
+    json_spans_per_s: float | None = None
     ratio: float | None = None
     grpc_ratio: float | None = None
+    json_ratio: float | None = None  # OTLP/JSON vs OTLP/protobuf
 
 
 def empty(conn: psycopg.Connection[Any]) -> None:
@@ -234,10 +253,12 @@ def measure_rates(conn: psycopg.Connection[Any], url: str, opts: Options, n: int
     batches = n // BATCH
     progress(f"otlp: encoding {batches} batches of {BATCH:,} GenAI spans")
     bodies = [genai_batch(b) for b in range(batches)]
+    json_bodies = [json_body(body) for body in bodies]
     rates = Rates()
     with endpoint(url) as server:
         send(server.url, iter([genai_batch(10_000)]))  # warm-up: pool, plans, price lookup
         send_grpc(server.grpc_target, iter([genai_batch(10_001)]))
+        send(server.url, iter([json_body(genai_batch(10_001))]), headers=JSON_HEADERS)
         conn.execute(INSERT_SELECT_SQL, insert_select_params(BATCH))
         empty(conn)
         for run in range(1, opts.repeat + 1):
@@ -259,19 +280,31 @@ def measure_rates(conn: psycopg.Connection[Any], url: str, opts: Options, n: int
             if stored != n:
                 raise RuntimeError(f"OTLP/gRPC run stored {stored:,} spans, expected {n:,}")
             empty(conn)
+            began = time.perf_counter()
+            send(server.url, iter(json_bodies), headers=JSON_HEADERS)
+            rates.json_s.append(time.perf_counter() - began)
+            stored = count_spans(conn)
+            if stored != n:
+                raise RuntimeError(f"OTLP/JSON run stored {stored:,} spans, expected {n:,}")
+            empty(conn)
             progress(
                 f"  run {run}/{opts.repeat}: INSERT ... SELECT {rates.insert_select_s[-1]:.2f}s, "
-                f"OTLP/HTTP {rates.otlp_s[-1]:.2f}s, OTLP/gRPC {rates.grpc_s[-1]:.2f}s"
+                f"OTLP/HTTP {rates.otlp_s[-1]:.2f}s, OTLP/gRPC {rates.grpc_s[-1]:.2f}s, "
+                f"OTLP/JSON {rates.json_s[-1]:.2f}s"
             )
     base, otlp = median(rates.insert_select_s), median(rates.otlp_s)
     over_grpc = median(rates.grpc_s)
     rates.insert_select_spans_per_s = n / base if base else None
     rates.otlp_spans_per_s = n / otlp if otlp else None
     rates.grpc_spans_per_s = n / over_grpc if over_grpc else None
+    as_json = median(rates.json_s)
+    rates.json_spans_per_s = n / as_json if as_json else None
     if rates.insert_select_spans_per_s and rates.otlp_spans_per_s:
         rates.ratio = rates.otlp_spans_per_s / rates.insert_select_spans_per_s
     if rates.insert_select_spans_per_s and rates.grpc_spans_per_s:
         rates.grpc_ratio = rates.grpc_spans_per_s / rates.insert_select_spans_per_s
+    if rates.otlp_spans_per_s and rates.json_spans_per_s:
+        rates.json_ratio = rates.json_spans_per_s / rates.otlp_spans_per_s
     return rates
 
 
@@ -292,12 +325,24 @@ def measure_memory(conn: psycopg.Connection[Any], url: str) -> Memory:
     with endpoint(url) as server:
         memory.idle_peak_rss_bytes = server.peak_rss_bytes()
         began = time.perf_counter()
-        memory.payload_bytes = send(server.url, (genai_batch(100_000 + b) for b in range(batches)))
+        # Batch numbers whose spans start in the past (each batch is 10 s after the one before).
+        bodies = (genai_batch(20_000 + b) for b in range(batches))
+        memory.payload_bytes = send(server.url, bodies)
         memory.seconds = time.perf_counter() - began
         memory.peak_rss_bytes = server.peak_rss_bytes()
     memory.spans = count_spans(conn)
     empty(conn)
     return memory
+
+
+def measure_burst(conn: psycopg.Connection[Any], url: str) -> Burst:
+    plan = make_exports(START_NS + 86_400 * 10**9)  # a day after the other runs' spans
+    progress(f"otlp: a burst of {len(plan)} SDK exporters at once")
+    with endpoint(url) as server:
+        burst = run_burst(server.url, plan)
+    burst.spans_stored = count_spans(conn)
+    empty(conn)
+    return burst
 
 
 # --- the group -----------------------------------------------------------------------------------
@@ -331,6 +376,7 @@ def run(opts: Options) -> GroupResult:
         set_jobs(conn, scheduled=False)  # no policy refresh in the middle of a timing
         try:
             rates = measure_rates(conn, url, opts, n)
+            burst = measure_burst(conn, url)
             memory = measure_memory(conn, url)
         finally:
             set_jobs(conn, scheduled=True)
@@ -341,13 +387,47 @@ def run(opts: Options) -> GroupResult:
         "duration_s": round(time.perf_counter() - started, 3),
         "rates": asdict(rates),
         "memory": asdict(memory),
+        "burst": {**asdict(burst), "refused": burst.refused, "ok": burst.ok()},
         "goal": GOAL,
+        "json_goal": JSON_GOAL,
     }
-    ok = rates.ratio is not None and rates.ratio >= GOAL
-    return GroupResult(payload, report(rates, memory, n, opts, target), ok)
+    goals = (
+        Goal(
+            "OTLP spans/s vs in-engine INSERT ... SELECT",
+            rates.ratio,
+            ">=",
+            GOAL,
+            "",
+            f"{fmt_rate(rates.otlp_spans_per_s)} vs {fmt_rate(rates.insert_select_spans_per_s)} "
+            "spans/s",
+        ),
+        Goal(
+            "OTLP/JSON spans/s vs OTLP/protobuf",
+            rates.json_ratio,
+            ">=",
+            JSON_GOAL,
+            "",
+            f"{fmt_rate(rates.json_spans_per_s)} vs {fmt_rate(rates.otlp_spans_per_s)} spans/s",
+        ),
+        Goal(
+            f"OTLP accepted-request p99 s, {burst.exporters} exporters at once (every span "
+            "delivered, every 503 with Retry-After)",
+            burst.accepted_p99_s if burst.ok() or burst.accepted_p99_s is None else float("inf"),
+            "<=",
+            LATENCY_GOAL_S,
+            "",
+            f"{burst.spans_stored:,} of {burst.spans:,} spans stored, {burst.refused} refused, "
+            f"{burst.exports_failed} exports given up",
+        ),
+    )
+    return GroupResult(payload, report(rates, memory, burst, n, opts, target), ok=True, goals=goals)
 
 
-def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> str:
+def json_ok(rates: Rates) -> bool:
+    return rates.json_ratio is not None and rates.json_ratio >= JSON_GOAL
+
+
+def report(rates: Rates, memory: Memory, burst: Burst, n: int, opts: Options, target: str) -> str:
     rows = [
         [
             "in-engine INSERT ... SELECT into spans",
@@ -367,6 +447,16 @@ def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> 
             fmt_rate(rates.grpc_spans_per_s),
             fmt_ratio(rates.grpc_ratio),
         ],
+        [
+            f"OTLP/HTTP JSON, the same requests, {CLIENTS} client(s)",
+            fmt_seconds(median(rates.json_s)),
+            fmt_rate(rates.json_spans_per_s),
+            fmt_ratio(
+                rates.json_spans_per_s / rates.insert_select_spans_per_s
+                if rates.json_spans_per_s and rates.insert_select_spans_per_s
+                else None
+            ),
+        ],
     ]
     table = render_table(
         f"OTLP ingest: {n:,} GenAI spans on {target}, median of {opts.repeat}",
@@ -382,8 +472,11 @@ def report(rates: Rates, memory: Memory, n: int, opts: Options, target: str) -> 
         "",
         f"goal: OTLP >= {GOAL:.2f} x in-engine INSERT ... SELECT: {verdict} "
         f"({fmt_ratio(rates.ratio)})",
-        "The OTLP paths cover the transport, protobuf decoding, mapping, the bulk writer "
-        "(validation, pricing, upsert), trace rows for root spans and the trace totals update.",
+        f"goal: OTLP/JSON spans/s >= {JSON_GOAL:.2f} x OTLP/protobuf: "
+        f"{'met' if json_ok(rates) else 'NOT met'} ({fmt_ratio(rates.json_ratio)})",
+        *burst_lines(burst),
+        "The OTLP path covers HTTP, protobuf decoding, mapping, the bulk writer (validation, "
+        "pricing, upsert), trace rows for root spans and the trace totals update.",
         f"ingest process peak RSS (VmHWM) while receiving {memory.payload_bytes / mib:,.0f} MiB "
         f"({memory.spans:,} spans, {memory.seconds:.1f}s): "
         + (f"{peak / mib:,.0f} MiB" if peak else "-")

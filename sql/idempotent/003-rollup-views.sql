@@ -58,60 +58,71 @@ union all
 select 'week'::text, r.* from observability.document_events_weekly as r;
 
 -- One row per rollup row and metric, with its sketch and, where stored, its percentiles. The
--- metrics are unpivoted with a lateral VALUES list rather than a UNION ALL per metric: planning
--- a union of many real-time rollups took longer than answering the query. Filters on
--- granularity, bucket and dimension still reach the rollups.
+-- metrics are unpivoted with a lateral subquery rather than a UNION ALL of the rollups per
+-- metric: planning a union of many real-time rollups took longer than answering the query.
+-- Filters on granularity, bucket and dimension still reach the rollups. The lateral subquery is
+-- a UNION ALL of one-row selects, not a VALUES list: a filter on metric_type removes the other
+-- metrics' selects when the query is planned, while a VALUES list compiled and evaluated every
+-- row's expressions again for each rollup row (most of a dashboard query's run time on the
+-- embedded engine).
 create or replace view observability.metric_sketches as
 select r.bucket, r.granularity, m.metric_type, r.dimension_type, r.dimension_value,
   m.count, m.sum, m.min, m.max, m.sketch, m.percentiles
 from observability.traces_rollups as r
 cross join lateral (
-  values
-    ('trace.duration_ms', r.duration_count, r.duration_sum::float8, r.duration_min::float8,
-      r.duration_max::float8, r.duration_sketch, r.duration_percentiles),
-    ('trace.total_tokens', r.total_tokens_count, r.total_tokens_sum::float8,
-      r.total_tokens_min::float8, r.total_tokens_max::float8, r.total_tokens_sketch,
-      r.total_tokens_percentiles),
-    ('trace.cost_usd', r.cost_count, r.cost_sum::float8, r.cost_min::float8,
-      r.cost_max::float8, null, null),
-    ('trace.errors', r.trace_count, r.error_count::float8,
-      (r.error_count = r.trace_count)::integer::float8, (r.error_count > 0)::integer::float8,
-      null, null)
+  select 'trace.duration_ms', r.duration_count, r.duration_sum::float8, r.duration_min::float8,
+    r.duration_max::float8, r.duration_sketch, r.duration_percentiles
+  union all
+  select 'trace.total_tokens', r.total_tokens_count, r.total_tokens_sum::float8,
+    r.total_tokens_min::float8, r.total_tokens_max::float8, r.total_tokens_sketch,
+    r.total_tokens_percentiles
+  union all
+  select 'trace.cost_usd', r.cost_count, r.cost_sum::float8, r.cost_min::float8,
+    r.cost_max::float8, null, null
+  union all
+  select 'trace.errors', r.trace_count, r.error_count::float8,
+    (r.error_count = r.trace_count)::integer::float8, (r.error_count > 0)::integer::float8, null,
+    null
 ) as m (metric_type, count, sum, min, max, sketch, percentiles)
 union all
 select r.bucket, r.granularity, m.metric_type, r.dimension_type, r.dimension_value,
   m.count, m.sum, m.min, m.max, m.sketch, m.percentiles
 from observability.llm_spans_rollups as r
 cross join lateral (
-  values
-    ('llm.duration_ms', r.duration_count, r.duration_sum::float8, r.duration_min::float8,
-      r.duration_max::float8, r.duration_sketch, r.duration_percentiles),
-    ('llm.time_to_first_token_ms', r.ttft_count, r.ttft_sum::float8, r.ttft_min::float8,
-      r.ttft_max::float8, r.ttft_sketch, r.ttft_percentiles),
-    ('llm.input_tokens', r.input_tokens_count, r.input_tokens_sum::float8,
-      r.input_tokens_min::float8, r.input_tokens_max::float8, null, null),
-    ('llm.output_tokens', r.output_tokens_count, r.output_tokens_sum::float8,
-      r.output_tokens_min::float8, r.output_tokens_max::float8, null, null),
-    ('llm.cost_usd', r.cost_count, r.cost_sum::float8, r.cost_min::float8,
-      r.cost_max::float8, null, null),
-    ('llm.errors', r.span_count, r.error_count::float8,
-      (r.error_count = r.span_count)::integer::float8, (r.error_count > 0)::integer::float8,
-      null, null),
-    ('llm.cost_unknown', r.span_count, (r.span_count - r.cost_count)::float8,
-      (r.cost_count = 0)::integer::float8, (r.cost_count < r.span_count)::integer::float8,
-      null, null)
+  select 'llm.duration_ms', r.duration_count, r.duration_sum::float8, r.duration_min::float8,
+    r.duration_max::float8, r.duration_sketch, r.duration_percentiles
+  union all
+  select 'llm.time_to_first_token_ms', r.ttft_count, r.ttft_sum::float8, r.ttft_min::float8,
+    r.ttft_max::float8, r.ttft_sketch, r.ttft_percentiles
+  union all
+  select 'llm.input_tokens', r.input_tokens_count, r.input_tokens_sum::float8,
+    r.input_tokens_min::float8, r.input_tokens_max::float8, null, null
+  union all
+  select 'llm.output_tokens', r.output_tokens_count, r.output_tokens_sum::float8,
+    r.output_tokens_min::float8, r.output_tokens_max::float8, null, null
+  union all
+  select 'llm.cost_usd', r.cost_count, r.cost_sum::float8, r.cost_min::float8, r.cost_max::float8,
+    null, null
+  union all
+  select 'llm.errors', r.span_count, r.error_count::float8,
+    (r.error_count = r.span_count)::integer::float8, (r.error_count > 0)::integer::float8, null,
+    null
+  union all
+  select 'llm.cost_unknown', r.span_count, (r.span_count - r.cost_count)::float8,
+    (r.cost_count = 0)::integer::float8, (r.cost_count < r.span_count)::integer::float8, null,
+    null
 ) as m (metric_type, count, sum, min, max, sketch, percentiles)
 union all
 select r.bucket, r.granularity, m.metric_type, r.dimension_type, r.dimension_value,
   m.count, m.sum, m.min, m.max, m.sketch, m.percentiles
 from observability.document_events_rollups as r
 cross join lateral (
-  values
-    ('document.duration_ms', r.duration_count, r.duration_sum::float8, r.duration_min::float8,
-      r.duration_max::float8, r.duration_sketch, r.duration_percentiles),
-    ('document.errors', r.event_count, r.error_count::float8,
-      (r.error_count = r.event_count)::integer::float8, (r.error_count > 0)::integer::float8,
-      null, null)
+  select 'document.duration_ms', r.duration_count, r.duration_sum::float8, r.duration_min::float8,
+    r.duration_max::float8, r.duration_sketch, r.duration_percentiles
+  union all
+  select 'document.errors', r.event_count, r.error_count::float8,
+    (r.error_count = r.event_count)::integer::float8, (r.error_count > 0)::integer::float8, null,
+    null
 ) as m (metric_type, count, sum, min, max, sketch, percentiles);
 
 create or replace view observability.metrics as

@@ -40,10 +40,8 @@ $$;
 create or replace view observability.rollup_freshness as
 select
   c.view_name::text as rollup,
-  pg_catalog.regexp_replace(c.view_name::text, '_(hourly|daily|weekly)$', '') as source,
-  case (pg_catalog.regexp_match(c.view_name::text, '_(hourly|daily|weekly)$'))[1]
-    when 'hourly' then 'hour' when 'daily' then 'day' when 'weekly' then 'week'
-  end as granularity,
+  r.source,
+  r.granularity,
   w.watermark,
   -- 0, not negative, when buckets dated ahead of the clock were materialized (python -m
   -- worker status names them); NULL when nothing was materialized
@@ -61,6 +59,9 @@ select
   coalesce(s.total_runs, 0)::bigint as total_runs,
   coalesce(s.total_failures, 0)::bigint as total_failures
 from timescaledb_information.continuous_aggregates as c
+-- source and granularity from the catalogue (sql/idempotent/003-rollup-views.sql)
+join observability.rollups as r
+  on r.rollup = pg_catalog.format('%I.%I', c.view_schema, c.view_name)::regclass
 join _timescaledb_catalog.hypertable as h
   on h.schema_name = c.materialization_hypertable_schema
   and h.table_name = c.materialization_hypertable_name

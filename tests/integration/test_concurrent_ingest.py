@@ -39,7 +39,8 @@ def two_ingest_processes(clean_observability: str) -> Iterator[list[str]]:
             process = subprocess.Popen(
                 [sys.executable, "-m", "worker", "ingest", "--port", str(port),
                  "--database-url", clean_observability, "--pool-size", "4",
-                 "--max-concurrent-requests", "8", "--grpc-port", str(_free_port())],
+                 "--max-concurrent-requests", "8", "--max-requests-in-flight", "32",
+                 "--grpc-port", str(_free_port())],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip

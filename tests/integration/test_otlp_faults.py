@@ -197,7 +197,7 @@ def test_concurrent_requests_are_bounded(
         make_request([make_span(f"{n + 1:032x}", ROOT, f"r{n}", START, START + 1)])
         for n in range(6)
     ]
-    settings = Settings(migrated_database_url, max_concurrent_requests=2)
+    settings = Settings(migrated_database_url, max_concurrent_requests=2, max_requests_in_flight=6)
     with serve_in_thread(settings) as url, ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda r: post(url, r), requests))
     assert [r.status_code for r in responses] == [200] * 6

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli.ingest import GRPC_IN_FLIGHT_ENV, GRPC_PORT_ENV, TOKEN_ENV, is_loopback
+from worker.cli.ingest import (
+    GRPC_IN_FLIGHT_ENV,
+    GRPC_PORT_ENV,
+    MAX_IN_FLIGHT_ENV,
+    TOKEN_ENV,
+    is_loopback,
+)
 from worker.cli.main import build_parser, main
 
 
@@ -38,6 +44,7 @@ def test_grpc_arguments() -> None:
         ["--grpc-port", "70000"],
         ["--grpc-port", "on"],
         ["--grpc-max-requests-in-flight", "0"],
+        ["--max-requests-in-flight", "0"],
     ],
 )
 def test_ingest_rejects_bad_numbers(argv: list[str]) -> None:
@@ -110,3 +117,46 @@ def test_non_loopback_without_token_refuses_grpc_too(
     argv = ["ingest", "--host", "::", "--port", "0", "--database-url", "postgresql://nowhere/db"]
     assert main(argv) == 2
     assert "refusing to listen on :: without a bearer token" in caplog.text
+
+
+def test_requests_in_flight_from_the_flag_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    import worker.otlp.server
+
+    seen: list[int | None] = []
+    real = worker.otlp.server.create_app
+
+    def recording(settings: worker.otlp.server.Settings) -> object:
+        seen.append(settings.max_requests_in_flight)
+        return real(settings)
+
+    monkeypatch.setattr(worker.otlp.server, "create_app", recording)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # not serving: only settings
+    url = ["--database-url", "postgresql://nowhere/db", "--grpc-port", "off"]
+    monkeypatch.delenv(MAX_IN_FLIGHT_ENV, raising=False)
+    assert main(["ingest", *url]) == 0
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "6")
+    assert main(["ingest", *url]) == 0
+    assert main(["ingest", *url, "--max-requests-in-flight", "5"]) == 0
+    assert seen == [None, 6, 5]  # None: twice --max-concurrent-requests
+
+
+def test_fewer_requests_in_flight_than_processed_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(MAX_IN_FLIGHT_ENV, raising=False)
+    argv = ["ingest", "--database-url", "postgresql://nowhere/db", "--max-requests-in-flight", "2"]
+    assert main(argv) == 2
+    assert "requests in flight (2) must be at least --max-concurrent-requests (4)" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_a_bad_requests_in_flight_environment_value_refuses_to_start(
+    value: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, value)
+    assert main(["ingest", "--database-url", "postgresql://nowhere/db"]) == 2
+    assert f"{MAX_IN_FLIGHT_ENV} must be a whole number, at least 1" in caplog.text

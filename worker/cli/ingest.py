@@ -23,6 +23,7 @@ GRPC_IN_FLIGHT_ENV = "OBSERVABILITY_GRPC_MAX_REQUESTS_IN_FLIGHT"
 # not load gRPC.
 DEFAULT_GRPC_PORT = 4317
 DEFAULT_GRPC_IN_FLIGHT = 8
+MAX_IN_FLIGHT_ENV = "OBSERVABILITY_MAX_REQUESTS_IN_FLIGHT"
 
 
 def register(subparsers: SubParsers) -> None:
@@ -68,8 +69,17 @@ def register(subparsers: SubParsers) -> None:
         "--max-concurrent-requests",
         type=_positive,
         default=4,
-        help="requests processed at once; others wait before their body is read. Each takes "
-        "about 6 times its body size in memory while it is processed (default: 4)",
+        help="requests processed at once; other admitted ones wait before their body is read. "
+        "Each takes about 6 times its body size in memory while it is processed (default: 4)",
+    )
+    ingest.add_argument(
+        "--max-requests-in-flight",
+        type=_positive,
+        default=None,
+        help="requests admitted at once, those waiting for their turn included, at least "
+        "--max-concurrent-requests; past it a request is answered 503 with Retry-After at once, "
+        f"and OTLP exporters retry it (default: the {MAX_IN_FLIGHT_ENV} environment variable, "
+        "else twice --max-concurrent-requests)",
     )
     ingest.add_argument(
         "--grpc-max-requests-in-flight",
@@ -111,6 +121,20 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, argparse.ArgumentTypeError) as exc:
         log.error("%s must be a whole number of seconds, at least 1: %s", MAX_FUTURE_ENV, exc)
         return 2
+    try:
+        from_env = os.environ.get(MAX_IN_FLIGHT_ENV)
+        in_flight = args.max_requests_in_flight or (_positive(from_env) if from_env else None)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        log.error("%s must be a whole number, at least 1: %s", MAX_IN_FLIGHT_ENV, exc)
+        return 2
+    if in_flight is not None and in_flight < args.max_concurrent_requests:
+        log.error(
+            "requests in flight (%d) must be at least --max-concurrent-requests (%d): the "
+            "requests processed are in flight too",
+            in_flight,
+            args.max_concurrent_requests,
+        )
+        return 2
     settings = Settings(
         database_url=url,
         max_future=timedelta(seconds=max_future),
@@ -118,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         token=token,
         pool_size=args.pool_size,
         max_concurrent_requests=args.max_concurrent_requests,
+        max_requests_in_flight=in_flight,
     )
     try:
         grpc_port_number = (

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from worker.otlp.json_span import fill_span
 from worker.otlp.salvage import (
     MAX_JSON_DEPTH,
     holds,
@@ -256,8 +257,9 @@ def _parse_span(raw: Any, span: Span, repaired: list[str], where: str) -> str | 
         except ValueError as exc:
             return f"{name} {exc}"
     if "links" in raw:
+        # hex ids, like the span's own; a span with links takes json_format's way
         raw["links"] = _links(raw["links"])
-    error = _parse_dict(raw, span)
+    error = None if fill_span(raw, span) else _parse_dict(raw, span)
     if error and _scrubbed(scrub_span, raw):
         span.Clear()
         error = _parse_dict(raw, span)

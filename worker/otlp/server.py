@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from worker.ingest.time_policy import DEFAULT_MAX_FUTURE
+from worker.otlp.admission import DEFAULT_MAX_RETRY_AFTER_S, Admission
 from worker.otlp.body import DEFAULT_MAX_BODY_BYTES, ENCODINGS, TooLarge, read_body
 from worker.otlp.decode import JSON, PROTOBUF, MalformedPayload, decode_request
 from worker.otlp.export import (
@@ -45,6 +46,11 @@ class Settings:
     # Requests read and processed at once; others wait their turn before their body is read.
     # With chunk_spans, this bounds the memory: each holds its body, decoded, and one chunk.
     max_concurrent_requests: int = 4
+    # Requests admitted at once, the ones waiting for their turn included (None: twice as many
+    # as are processed at once, so that a wave of retries is absorbed); past it a request is
+    # answered 503 at once instead of waiting, with a Retry-After of at most busy_retry_after_s.
+    max_requests_in_flight: int | None = None
+    busy_retry_after_s: int = DEFAULT_MAX_RETRY_AFTER_S
     chunk_spans: int = CHUNK_SPANS
     # Spans starting further ahead of now than this are refused (a sender's clock far off).
     max_future: timedelta = DEFAULT_MAX_FUTURE
@@ -56,6 +62,13 @@ def create_app(settings: Settings) -> Starlette:
     )
 
     requests = asyncio.Semaphore(settings.max_concurrent_requests)
+    in_flight = settings.max_requests_in_flight or 2 * settings.max_concurrent_requests
+    if in_flight < settings.max_concurrent_requests:
+        raise ValueError(
+            f"max_requests_in_flight ({in_flight}) must be at least max_concurrent_requests "
+            f"({settings.max_concurrent_requests}): the requests processed are in flight too"
+        )
+    admission = Admission(in_flight, settings.busy_retry_after_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,6 +99,15 @@ def create_app(settings: Settings) -> Starlette:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return _status(reply, 413, code_pb2.RESOURCE_EXHAUSTED, f"the body exceeds {limit} B")
+        retry_after = admission.enter()
+        if retry_after is not None:
+            return _status(
+                reply,
+                503,
+                code_pb2.UNAVAILABLE,
+                f"the endpoint is busy ({admission.limit} requests in flight); retry later",
+                headers={"Retry-After": str(retry_after)},
+            )
         try:
             async with requests:
                 body = await read_body(request.stream(), encoding, limit)
@@ -110,6 +132,8 @@ def create_app(settings: Settings) -> Starlette:
             # Not retryable for the client (OTLP retries only 429, 502, 503 and 504); logged.
             log.exception("failed to ingest a request")
             return _status(reply, 500, code_pb2.INTERNAL, "internal error; see the server log")
+        finally:
+            admission.leave()
         return _message(reply, 200, response)
 
     async def health(request: Request) -> Response:

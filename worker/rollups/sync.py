@@ -14,6 +14,13 @@ from worker.rollups.windows import Window
 #   * rows whose source is gone (raw rows deleted, a value moved to another dimension value) are
 #     deleted, so a rerun leaves exactly what an undisturbed run leaves. The delete sees the
 #     table as it was before the statement, so it never touches a row the insert just wrote.
+# The rows to delete are found with EXCEPT (hashed or sorted, never a nested loop), and the
+# delete runs only when there are any, keyed on the primary key alone: with no bounds of its
+# own, the table side is costed as a whole and never becomes the outer side of a nested loop
+# over the rows to delete, which their count would multiply. A "not exists
+# (select from source ...)" anti join was planned as a nested loop over the window's rows times
+# the source's when the tables had no statistics yet (right after a bulk load): a re-sync that
+# changed nothing took 51 s instead of 1 s.
 _SYNC = """
 with source as materialized (
   select m.bucket, m.granularity, m.metric_type, m.dimension_type, m.dimension_value, m.count
@@ -21,6 +28,14 @@ with source as materialized (
   from observability.metrics as m
   where m.granularity = %(granularity)s
     and m.bucket >= %(start)s and m.bucket < %(end)s
+), gone as materialized (
+  select a.bucket_time, a.metric_type, a.dimension_type, a.dimension_value
+  from observability.metrics_aggregates as a
+  where a.granularity = %(granularity)s
+    and a.bucket_time >= %(start)s and a.bucket_time < %(end)s
+  except
+  select s.bucket, s.metric_type, s.dimension_type, s.dimension_value
+  from source as s
 ), upserted as (
   insert into observability.metrics_aggregates as a
     ( bucket_time, granularity, metric_type, dimension_type, dimension_value, count
@@ -39,13 +54,11 @@ with source as materialized (
   returning (a.xmax = 0) as inserted
 ), deleted as (
   delete from observability.metrics_aggregates as a
-  where a.granularity = %(granularity)s
-    and a.bucket_time >= %(start)s and a.bucket_time < %(end)s
-    and not exists (
-      select from source as s
-      where s.bucket = a.bucket_time and s.metric_type = a.metric_type
-        and s.dimension_type = a.dimension_type and s.dimension_value = a.dimension_value
-    )
+  using gone as g
+  where exists (select from gone)
+    and a.metric_type = g.metric_type and a.granularity = %(granularity)s
+    and a.dimension_type = g.dimension_type and a.dimension_value = g.dimension_value
+    and a.bucket_time = g.bucket_time
   returning 1
 )
 select

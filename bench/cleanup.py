@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+RAW_TABLES = ("traces", "spans", "chat_messages", "document_events")
+WORKER_TABLES = ("metrics_aggregates", "trace_extents", "aggregation_runs")
+LEVELS = ("hourly", "daily", "weekly")
+
+
+def remove_bench_rows(conn: psycopg.Connection[Any]) -> None:
+    """Leave a database given with --database-url as empty as the group found it, so that the
+    next group (which refuses a non-empty database) can run on it too. TRUNCATE invalidates
+    the rollups over their whole range, so a full refresh empties them level by level."""
+    tables = [f"observability.{t}" for t in (*RAW_TABLES, *WORKER_TABLES)]
+    conn.execute(f"truncate {', '.join(tables)}")
+    for level in LEVELS:
+        for source in ("traces", "llm_spans", "document_events"):
+            conn.execute(
+                "call public.refresh_continuous_aggregate(%s::regclass, null, null)",
+                [f"observability.{source}_{level}"],
+            )

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.aggregation_support import aggregates, day_start, insert_traces, place
+from tests.factories import create_traces_for_aggregation
+from worker.rollups import aggregate_observability_metrics
+from worker.rollups.sync import _SYNC, sync_window
+from worker.rollups.windows import Window
+
+HOUR = timedelta(hours=1)
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _subplan(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    for node in _nodes(plan):
+        if node.get("Subplan Name") == name:
+            return node
+    raise AssertionError(f"no subplan {name!r} in the plan")
+
+
+def _sync_plan(conn: psycopg.Connection[Any], window: Window) -> dict[str, Any]:
+    params = {"granularity": window.granularity, "start": window.start, "end": window.end}
+    row = conn.execute("explain (format json) " + _SYNC, params).fetchone()
+    assert row is not None
+    return row[0][0]["Plan"]
+
+
+def _check_linear(plan: dict[str, Any]) -> None:
+    """No plan shape whose cost is the window's rows times the source's (or the rows to
+    delete): the rows to delete come from a set operation, and no nested loop repeats a scan
+    of a CTE or of a materialized row set for every outer row."""
+    gone = _subplan(plan, "CTE gone")
+    assert any(n["Node Type"] == "SetOp" for n in _nodes(gone)), gone
+    assert not any("Anti" in n.get("Join Type", "") for n in _nodes(plan))
+    deleted = _subplan(plan, "CTE deleted")
+    for node in _nodes(deleted):
+        if node["Node Type"] == "Nested Loop":
+            inner = next(c for c in node["Plans"] if c["Parent Relationship"] == "Inner")
+            kinds = {n["Node Type"] for n in _nodes(inner)}
+            assert not kinds & {"CTE Scan", "Materialize", "Seq Scan"}, node
+
+
+@pytest.fixture
+def synced_hours(agg_conn: psycopg.Connection[Any]) -> Window:
+    start = day_start(5) + 6 * HOUR
+    for hour in range(3):
+        rows = create_traces_for_aggregation(count=6, operation_type="chat")
+        insert_traces(agg_conn, place(rows, start + hour * HOUR, HOUR / 6))
+    aggregate_observability_metrics("hour", start, start + 3 * HOUR, database_url=agg_conn.info.dsn)
+    return Window("hour", start, start + 3 * HOUR)
+
+
+def test_the_sync_plan_does_not_depend_on_statistics(
+    agg_conn: psycopg.Connection[Any], synced_hours: Window
+) -> None:
+    # as right after a bulk load: the synced rows' chunks were never analysed
+    analysed = agg_conn.execute(
+        "select pg_catalog.count(*) from pg_catalog.pg_stats"
+        " where schemaname = '_timescaledb_internal' and attname = 'dimension_value'"
+        " and tablename in (select chunk_name from timescaledb_information.chunks"
+        "   where hypertable_name = 'metrics_aggregates')"
+    ).fetchone()
+    assert analysed is not None and analysed[0] == 0
+    _check_linear(_sync_plan(agg_conn, synced_hours))
+    agg_conn.execute("analyze observability.metrics_aggregates")
+    _check_linear(_sync_plan(agg_conn, synced_hours))
+
+
+def test_a_resync_deletes_exactly_the_rows_whose_source_is_gone(
+    agg_conn: psycopg.Connection[Any], synced_hours: Window
+) -> None:
+    url = agg_conn.info.dsn
+    window = (synced_hours.start, synced_hours.end)
+    before = aggregates(agg_conn, granularity="hour")
+    unchanged = sync_window(agg_conn, synced_hours)
+    assert (unchanged.created, unchanged.updated, unchanged.deleted) == (0, 0, 0)
+    middle = synced_hours.start + HOUR
+    agg_conn.execute(
+        "delete from observability.traces where started_at >= %s and started_at < %s",
+        [middle, middle + HOUR],
+    )
+    summary = aggregate_observability_metrics("hour", *window, database_url=url)
+    after = aggregates(agg_conn, granularity="hour")
+    gone = [r for r in before if r["bucket_time"] == middle]
+    assert gone
+    assert (summary["metrics_created"], summary["metrics_updated"]) == (0, 0)
+    assert summary["metrics_deleted"] == len(gone)
+    assert after == [r for r in before if r["bucket_time"] != middle]
