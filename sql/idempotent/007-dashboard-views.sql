@@ -40,7 +40,9 @@ $$;
 create or replace view observability.rollup_freshness as
 select
   c.view_name::text as rollup,
-  r.source,
+  -- a continuous aggregate outside the catalogue (one of your own) is listed as its own source,
+  -- without a granularity
+  coalesce(r.source, c.view_name::text) as source,
   r.granularity,
   w.watermark,
   -- 0, not negative, when buckets dated ahead of the clock were materialized (python -m
@@ -60,7 +62,7 @@ select
   coalesce(s.total_failures, 0)::bigint as total_failures
 from timescaledb_information.continuous_aggregates as c
 -- source and granularity from the catalogue (sql/idempotent/003-rollup-views.sql)
-join observability.rollups as r
+left join observability.rollups as r
   on r.rollup = pg_catalog.format('%I.%I', c.view_schema, c.view_name)::regclass
 join _timescaledb_catalog.hypertable as h
   on h.schema_name = c.materialization_hypertable_schema
