@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 raise DemoError(
                     "--fresh wipes the embedded engine's data directory and is not used with a "
                     f"database URL; the demo's rows in a database carry the attribute "
-                    f"{MARKER} (README: Demo on your own database, to remove them)"
+                    f"{MARKER} (docs/demo.md, On your own database, says how to remove them)"
                 )
             shown = make_url(url).render_as_string(hide_password=True)
             return _run(args, url, f"database {shown}")
@@ -280,13 +280,13 @@ def _reuse(
 
 def _regenerate(args: argparse.Namespace) -> str:
     if getattr(args, "where", None):
-        return "to regenerate it, delete the demo's rows (README: Demo on your own database)"
+        return "to regenerate it, delete the demo's rows (see docs/demo.md, On your own database)"
     return "--fresh regenerates it"
 
 
 def _again(args: argparse.Namespace) -> str:
     if getattr(args, "where", None):
-        return "delete the demo's rows (README: Demo on your own database) and run again"
+        return "delete the demo's rows (see docs/demo.md, On your own database) and run again"
     return "run again with --fresh"
 
 

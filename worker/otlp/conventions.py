@@ -7,7 +7,7 @@ from typing import Any
 
 # Attribute names read into columns, first match wins: the OpenTelemetry GenAI semantic
 # conventions, then OpenInference, then the older llm.* / gen_ai.* names of earlier
-# instrumentations. README.md ("Ingesting OpenTelemetry traces") documents the same table.
+# instrumentations. docs/ingest.md ("Mapping") documents the same table.
 OPERATION = ("gen_ai.operation.name", "llm.request.type")
 PROVIDER = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
 MODEL = (
