@@ -14,6 +14,7 @@ from urllib.request import urlopen
 
 import pytest
 import redis
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.scheduling.app import app
@@ -77,6 +78,13 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def sample(samples: Mapping[tuple[str, Any], float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def celery_client(url: str) -> Celery:
+    """A client of its own for a private broker (the project's app keeps its configuration)."""
+    client = Celery("fault-test", broker=url, backend=url)
+    client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    return client
 
 
 # Gossip, mingle and heartbeats make a test worker slower to start and to stop; the deployed

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.observability_fixtures",
     "tests.aggregation_support",
     "tests.celery_support",
+    "tests.redis_server",
 ]
 
 _BACKEND = pytest.StashKey[str]()

@@ -1,23 +1,19 @@
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import redis
-from celery import Celery
 
 from tests.aggregation_support import day_start, insert_traces, place
-from tests.celery_support import free_port, sample, start_worker
+from tests.celery_support import celery_client, sample, start_worker
 from tests.factories import create_traces_for_aggregation
+from tests.redis_server import RedisServer
 from tests.rollup_support import rows_as_dicts, wait_for
 
 pytestmark = pytest.mark.faults
@@ -34,72 +30,6 @@ FAST = {
     "OBSERVABILITY_TASK_MAX_RETRIES": "20",
     "OBSERVABILITY_BATCH_BUCKETS": "2",
 }
-
-
-class RedisServer:
-    """A private redis-server with the append-only file, as deployed (docker-compose.yml)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        assert wait_for(lambda: self._ping(client), timeout=20, interval=0.1), "no redis-server"
-
-    @staticmethod
-    def _ping(client: redis.Redis) -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self, how: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(how)
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not on PATH (Debian package redis-server)")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            server.stop(signal.SIGKILL)
-
-
-def _env(server: RedisServer) -> dict[str, str]:
-    return {**FAST, "CELERY_BROKER_URL": server.url, "CELERY_RESULT_BACKEND": server.url}
-
-
-def _client(url: str) -> Celery:
-    client = Celery("fault-test", broker=url, backend=url)
-    client.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
-    return client
 
 
 def _runs(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -150,7 +80,7 @@ def test_redis_lost_under_a_running_task(
     # as deployed: gossip, mingle and heartbeats on (their channels are restored on reconnect)
     worker = start_worker(tmp_path, agg_conn.info.dsn, extra_env=env, options=())
     try:
-        result = _client(private_redis.url).send_task(
+        result = celery_client(private_redis.url).send_task(
             BACKFILL, args=(start.isoformat(), end.isoformat(), "hour")
         )
         assert wait_for(
@@ -167,7 +97,7 @@ def test_redis_lost_under_a_running_task(
         recovered = time.monotonic() - back
         assert worker.process.poll() is None, worker.log()
         # the worker reconnected and takes new work
-        again = _client(private_redis.url).send_task(AGGREGATE, args=("week",))
+        again = celery_client(private_redis.url).send_task(AGGREGATE, args=("week",))
         again.get(timeout=120)
         samples = worker.scrape()
         log = worker.log()
@@ -195,7 +125,7 @@ def test_one_task_delivered_twice_runs_once_and_is_not_a_failure(
     }
     worker = start_worker(tmp_path, agg_conn.info.dsn, concurrency=2, extra_env=env)
     task_id = str(uuid.uuid4())
-    client = _client(private_redis.url)
+    client = celery_client(private_redis.url)
     args = ("hour", start.isoformat(), end.isoformat())
     try:
         # two deliveries of one message (a redelivery racing the original)
@@ -234,7 +164,7 @@ def test_a_backfill_stopped_by_its_time_limit_resumes(
     }
     worker = start_worker(tmp_path, agg_conn.info.dsn, extra_env=env)
     try:
-        result = _client(private_redis.url).send_task(
+        result = celery_client(private_redis.url).send_task(
             BACKFILL, args=(start.isoformat(), end.isoformat(), "hour")
         )
         summary = result.get(timeout=240)
