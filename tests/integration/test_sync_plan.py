@@ -36,10 +36,23 @@ def _sync_plan(conn: psycopg.Connection[Any], window: Window) -> dict[str, Any]:
     return row[0][0]["Plan"]
 
 
-def _check_linear(plan: dict[str, Any]) -> None:
+def _window_chunks(conn: psycopg.Connection[Any], window: Window) -> set[str]:
+    rows = conn.execute(
+        "select chunk_name from timescaledb_information.chunks"
+        " where hypertable_schema = 'observability' and hypertable_name = 'metrics_aggregates'"
+        " and range_end > %s and range_start < %s",
+        [window.start, window.end],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _check_linear(plan: dict[str, Any], window_chunks: set[str]) -> None:
     """No plan shape whose cost is the window's rows times the source's (or the rows to
     delete): the rows to delete come from a set operation, and no nested loop repeats a scan
-    of a CTE or of a materialized row set for every outer row."""
+    of a CTE, of a materialized row set or of a chunk holding the window's rows for every outer
+    row. A sequential scan of another chunk may sit on the inner side: the planner takes a
+    chunk's size from its current pages, with or without statistics, so it picks that only for
+    an (almost) empty chunk, such as one whose rows an earlier test removed."""
     gone = _subplan(plan, "CTE gone")
     assert any(n["Node Type"] == "SetOp" for n in _nodes(gone)), gone
     assert not any("Anti" in n.get("Join Type", "") for n in _nodes(plan))
@@ -48,7 +61,11 @@ def _check_linear(plan: dict[str, Any]) -> None:
         if node["Node Type"] == "Nested Loop":
             inner = next(c for c in node["Plans"] if c["Parent Relationship"] == "Inner")
             kinds = {n["Node Type"] for n in _nodes(inner)}
-            assert not kinds & {"CTE Scan", "Materialize", "Seq Scan"}, node
+            assert not kinds & {"CTE Scan", "Materialize"}, node
+            scanned = {
+                n.get("Relation Name") for n in _nodes(inner) if n["Node Type"] == "Seq Scan"
+            }
+            assert not scanned & window_chunks, node
 
 
 @pytest.fixture
@@ -72,9 +89,11 @@ def test_the_sync_plan_does_not_depend_on_statistics(
         "   where hypertable_name = 'metrics_aggregates')"
     ).fetchone()
     assert analysed is not None and analysed[0] == 0
-    _check_linear(_sync_plan(agg_conn, synced_hours))
+    window_chunks = _window_chunks(agg_conn, synced_hours)
+    assert window_chunks
+    _check_linear(_sync_plan(agg_conn, synced_hours), window_chunks)
     agg_conn.execute("analyze observability.metrics_aggregates")
-    _check_linear(_sync_plan(agg_conn, synced_hours))
+    _check_linear(_sync_plan(agg_conn, synced_hours), window_chunks)
 
 
 def test_a_resync_deletes_exactly_the_rows_whose_source_is_gone(
