@@ -102,7 +102,8 @@ METHODS: tuple[tuple[str, str, Callable[[Connection, Sequence[dict[str, Any]]], 
 
 
 def truncate(conn: Connection) -> None:
-    conn.execute("truncate observability.spans")
+    # trace_extents too: left over, it would make every later run re-deliver known traces
+    conn.execute("truncate observability.spans, observability.trace_extents")
 
 
 @contextmanager

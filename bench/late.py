@@ -108,7 +108,9 @@ def notes(conn: Connection) -> int:
 
 
 def truncate(conn: Connection) -> None:
-    conn.execute("truncate observability.spans, observability.stale_buckets")
+    conn.execute(
+        "truncate observability.spans, observability.stale_buckets, observability.trace_extents"
+    )
 
 
 def run(opts: Options) -> GroupResult:

@@ -52,7 +52,13 @@ class Burst:
         return (
             self.accepted_p99_s is not None
             and self.accepted_p99_s <= LATENCY_GOAL_S
-            and self.refused_without_retry_after == 0
+            and self.delivered()
+        )
+
+    def delivered(self) -> bool:
+        """Every span stored, no export given up, every refusal with Retry-After."""
+        return (
+            self.refused_without_retry_after == 0
             and self.exports_failed == 0
             and self.spans_stored == self.spans
         )
