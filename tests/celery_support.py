@@ -21,7 +21,8 @@ from worker.scheduling.app import app
 
 # Tests use their own Redis database, emptied before each worker starts, so nothing queued by
 # an earlier run (or by a worker on this machine) is consumed here.
-TEST_REDIS = "redis://127.0.0.1:6379/14"
+# TEST_REDIS_URL gives checkouts that run their suites at the same time a database each.
+TEST_REDIS = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/14"
 ROOT = Path(__file__).resolve().parents[1]
 
 
