@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.factories import (
     create_completed_trace,
@@ -188,6 +189,34 @@ def test_view_rows_are_the_rollup_rows(
         assert (got["count"], got["sum"]) == (row["count"], row["sum"])
         assert close(got["avg"], row["sum"] / row["count"], rel=1e-12)
         assert [got["p50"], got["p95"], got["p99"]] == (row["percentiles"] or [None] * 3)
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        ["llm.duration_ms"],
+        ["trace.errors", "document.duration_ms", "llm.cost_unknown"],  # one of each source
+        ["trace.duration_ms", "trace.total_tokens"],
+        ["no.such_metric"],
+    ],
+)
+def test_a_metric_filter_keeps_exactly_the_rows_of_those_metrics(
+    rollup_conn: psycopg.Connection, data: Window, wanted: list[str]
+) -> None:
+    """A filter on metric_type lets the planner drop the other sources' branches of the view
+    (sql/idempotent/003-rollup-views.sql): the rows it keeps are those of an unfiltered read."""
+    key = ("bucket", "granularity", "metric_type", "dimension_type", "dimension_value")
+    window = [data.start, data.end]
+    unfiltered = metrics(rollup_conn, "bucket >= %s and bucket < %s", window)
+    expected = keyed((r for r in unfiltered if r["metric_type"] in wanted), *key)
+    # Literals, as Grafana sends them, so that the planner sees constants; and a parameter.
+    listed = ", ".join(sql.quote(m) for m in wanted)
+    filters = [f"metric_type in ({listed})", "metric_type = any(%s::text[])"]
+    for where, params in zip(filters, [[], [wanted]], strict=True):
+        found = metrics(rollup_conn, f"{where} and bucket >= %s and bucket < %s", params + window)
+        assert keyed(found, *key) == expected, where
+        assert len(found) == len(expected)
+    assert (len(expected) > 0) == (wanted != ["no.such_metric"])
 
 
 def test_empty_windows_have_no_rows(rollup_conn: psycopg.Connection, data: Window) -> None:
