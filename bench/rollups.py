@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from bench.cleanup import remove_bench_rows
+from bench.cleanup import refresh_closed, remove_bench_rows
 from bench.common import (
     Goal,
     GroupResult,
@@ -110,12 +110,8 @@ def database(opts: Options) -> Iterator[tuple[str, dict[str, Any]]]:
         yield engine.url, {"kind": "embedded", "storage": "disk"}
 
 
-def refresh(conn: Connection, rollup: str) -> float:
-    seconds, _ = timed(
-        lambda: conn.execute(
-            "call public.refresh_continuous_aggregate(%s::regclass, null, null)", [rollup]
-        )
-    )
+def refresh(conn: Connection, rollup: str, level: str) -> float:
+    seconds, _ = timed(lambda: refresh_closed(conn, rollup, level))
     return seconds
 
 
@@ -194,13 +190,13 @@ def measure(conn: Connection, opts: Options, scale: float) -> dict[str, Any]:
             " with no data"
         )
         progress(f"rollups: refreshing {name} (no percentiles)")
-        plain[source] = refresh(conn, name)
+        plain[source] = refresh(conn, name, "hourly")
 
     full: dict[str, float] = {}
     for level in LEVELS:
         for source in SOURCES:
             progress(f"rollups: refreshing observability.{source}_{level}")
-            full[f"{source}_{level}"] = refresh(conn, f"observability.{source}_{level}")
+            full[f"{source}_{level}"] = refresh(conn, f"observability.{source}_{level}", level)
     result["full_refresh_s"] = full
     result["plain_refresh_s"] = plain
     result["row_counts"] = row_counts(conn)
