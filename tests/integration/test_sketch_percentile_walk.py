@@ -27,6 +27,8 @@ def bucket_value(key: int) -> float:
 def reference(sketch: tuple[int, float, float, list[int], list[int]], q: float) -> float:
     """percentile_cont over the sketch's bucket values, the extremes exact, clamped to them."""
     n, low, high, keys, counts = sketch
+    if not counts and n == len(keys):  # the unit form, its counts left out
+        counts = [1] * n
     merged: dict[int, int] = {}
     for key, count in zip(keys, counts, strict=True):
         merged[key] = merged.get(key, 0) + count
@@ -46,7 +48,8 @@ def reference(sketch: tuple[int, float, float, list[int], list[int]], q: float) 
 
 def sketches(conn: psycopg.Connection[Any], expression: str, groups: int) -> list[Any]:
     """Sketches of 2,000 values in `groups` pieces, each piece rolled up from 7 smaller ones
-    (so small pieces take the unsorted small paths and large ones the sorted merge)."""
+    (so small pieces take the unsorted small paths, pieces of small parts the sorted unit form
+    and large ones the canonical merge)."""
     conn.execute("select pg_catalog.setseed(0.17)")
     return conn.execute(
         f"""
@@ -66,6 +69,7 @@ def sketches(conn: psycopg.Connection[Any], expression: str, groups: int) -> lis
     [
         ("pg_catalog.exp(6 + 1.2 * random())", 1),  # hundreds of sorted keys
         ("pg_catalog.exp(6 + 1.2 * random())", 40),  # 50 values each: unsorted small sketches
+        ("pg_catalog.exp(6 + 1.2 * random())", 10),  # 200 values each: the sorted unit form
         ("pg_catalog.floor(random() * 20) - 5", 3),  # ties, zero and negative values
         ("case when random() < 0.97 then 100 else 1e6 end", 2),  # a long upper tail
     ],
