@@ -67,11 +67,19 @@ select 'week'::text, r.* from observability.document_events_weekly as r;
 -- row's expressions again for each rollup row (most of a dashboard query's run time on the
 -- embedded engine).
 --
--- Each source's branch names its metric types in a constant column, metric_types, and the view
--- keeps the rows whose metric_type is one of them (all of them: the guard filters nothing). It
--- is there for the planner: a filter on metric_type (metric_type = 'llm.duration_ms', or an IN
--- list) contradicts the guard of the other sources' branches, so they are dropped before they
--- are planned. Without it they were planned in full, real-time rollups and raw chunks included,
+-- A source's metrics with sketches each have a branch of their own (trace.total_tokens,
+-- llm.time_to_first_token_ms) besides the branch of its other metrics, so that a query of one
+-- of them reads and merges only that metric's sketches: the real-time part of a rollup computes
+-- only the columns the query reads, and the lateral subquery reads every column it names (on
+-- the embedded engine, merging today's time-to-first-token sketches for nothing was a sixth of
+-- the dashboard query of python -m bench rollups). A query without a metric filter reads such a
+-- source's rollups twice.
+--
+-- Each branch names its metric types in a constant column, metric_types, and the view keeps the
+-- rows whose metric_type is one of them (all of them: the guard filters nothing). It is there
+-- for the planner: a filter on metric_type (metric_type = 'llm.duration_ms', or an IN
+-- list) contradicts the guard of the other branches, so they are dropped before they are
+-- planned. Without it they were planned in full, real-time rollups and raw chunks included,
 -- and only found empty when joined to their metric lists (on the embedded engine, about half of
 -- the planning time of the dashboard query of python -m bench rollups). The planner sees the
 -- constant only if a branch is a single subquery, so the join of rollup and metrics sits in one
@@ -82,8 +90,7 @@ create or replace view observability.metric_sketches as
 select s.bucket, s.granularity, s.metric_type, s.dimension_type, s.dimension_value,
   s.count, s.sum, s.min, s.max, s.sketch, s.percentiles
 from (
-  select array['trace.duration_ms', 'trace.total_tokens', 'trace.cost_usd', 'trace.errors']
-    as metric_types, b.*
+  select array['trace.duration_ms', 'trace.cost_usd', 'trace.errors'] as metric_types, b.*
   from (
     with fence as (select)
     select r.bucket, r.granularity, m.metric_type, r.dimension_type, r.dimension_value,
@@ -92,10 +99,6 @@ from (
     cross join lateral (
       select 'trace.duration_ms', r.duration_count, r.duration_sum::float8,
         r.duration_min::float8, r.duration_max::float8, r.duration_sketch, r.duration_percentiles
-      union all
-      select 'trace.total_tokens', r.total_tokens_count, r.total_tokens_sum::float8,
-        r.total_tokens_min::float8, r.total_tokens_max::float8, r.total_tokens_sketch,
-        r.total_tokens_percentiles
       union all
       select 'trace.cost_usd', r.cost_count, r.cost_sum::float8, r.cost_min::float8,
         r.cost_max::float8, null, null
@@ -106,8 +109,17 @@ from (
     ) as m (metric_type, count, sum, min, max, sketch, percentiles)
   ) as b
   union all
-  select array['llm.duration_ms', 'llm.time_to_first_token_ms', 'llm.input_tokens',
-    'llm.output_tokens', 'llm.cost_usd', 'llm.errors', 'llm.cost_unknown'] as metric_types, b.*
+  select array['trace.total_tokens'] as metric_types, b.*
+  from (
+    with fence as (select)
+    select r.bucket, r.granularity, 'trace.total_tokens'::text, r.dimension_type, r.dimension_value,
+      r.total_tokens_count, r.total_tokens_sum::float8, r.total_tokens_min::float8,
+      r.total_tokens_max::float8, r.total_tokens_sketch, r.total_tokens_percentiles
+    from observability.traces_rollups as r
+  ) as b
+  union all
+  select array['llm.duration_ms', 'llm.input_tokens', 'llm.output_tokens', 'llm.cost_usd',
+    'llm.errors', 'llm.cost_unknown'] as metric_types, b.*
   from (
     with fence as (select)
     select r.bucket, r.granularity, m.metric_type, r.dimension_type, r.dimension_value,
@@ -116,9 +128,6 @@ from (
     cross join lateral (
       select 'llm.duration_ms', r.duration_count, r.duration_sum::float8,
         r.duration_min::float8, r.duration_max::float8, r.duration_sketch, r.duration_percentiles
-      union all
-      select 'llm.time_to_first_token_ms', r.ttft_count, r.ttft_sum::float8, r.ttft_min::float8,
-        r.ttft_max::float8, r.ttft_sketch, r.ttft_percentiles
       union all
       select 'llm.input_tokens', r.input_tokens_count, r.input_tokens_sum::float8,
         r.input_tokens_min::float8, r.input_tokens_max::float8, null, null
@@ -137,6 +146,15 @@ from (
         (r.cost_count = 0)::integer::float8, (r.cost_count < r.span_count)::integer::float8,
         null, null
     ) as m (metric_type, count, sum, min, max, sketch, percentiles)
+  ) as b
+  union all
+  select array['llm.time_to_first_token_ms'] as metric_types, b.*
+  from (
+    with fence as (select)
+    select r.bucket, r.granularity, 'llm.time_to_first_token_ms'::text, r.dimension_type,
+      r.dimension_value, r.ttft_count, r.ttft_sum::float8, r.ttft_min::float8,
+      r.ttft_max::float8, r.ttft_sketch, r.ttft_percentiles
+    from observability.llm_spans_rollups as r
   ) as b
   union all
   select array['document.duration_ms', 'document.errors'] as metric_types, b.*
