@@ -33,10 +33,13 @@ def children(pid: int) -> list[int]:
 
 
 def descendants(pid: int) -> list[int]:
+    by_parent: dict[int | None, list[int]] = {}
+    for child in _pids():  # one reading of /proc for the whole tree
+        by_parent.setdefault(_parent(child), []).append(child)
     found: list[int] = []
     todo = [pid]
     while todo:
-        kids = children(todo.pop())
+        kids = by_parent.get(todo.pop(), [])
         found += kids
         todo += kids
     return found

@@ -227,17 +227,24 @@ def variable_problems(page: Page) -> list[str]:
     return [f"{name} is read nowhere in the project" for name in missing]
 
 
-def metric_problems(page: Page) -> list[str]:
+@cache
+def prefixed_names() -> frozenset[str]:
+    """The metric names worker/ declares, and the schemas the SQL creates, which share the
+    observability_ prefix but are not metrics."""
     sources = [*(ROOT / "worker/monitoring").glob("*.py"), ROOT / "worker/rollups/metrics.py"]
     monitoring = "\n".join(p.read_text() for p in sources)
     declared = set(re.findall(r"[\"'](observability_[a-z_]+)[\"']", monitoring))
-    # schemas the SQL creates share the prefix; they are not metrics
     sql = "\n".join(p.read_text() for p in (ROOT / "sql").rglob("*.sql"))
     schemas = set(re.findall(r"create schema (?:if not exists )?(observability_[a-z_]+)", sql))
+    return frozenset(declared | schemas)
+
+
+def metric_problems(page: Page) -> list[str]:
+    known = prefixed_names()
     alerts = set(re.findall(r"alert:\s*(\w+)", (ROOT / "deploy/prometheus/alerts.yml").read_text()))
     problems = []
     for span in page.code_spans():
-        if _METRIC.match(span) and span.removesuffix("_total") not in declared | schemas:
+        if _METRIC.match(span) and span.removesuffix("_total") not in known:
             problems.append(f"`{span}`: no metric of that name in worker/")
         if _ALERT.match(span) and span not in alerts:
             problems.append(f"`{span}`: no such alert in deploy/prometheus/alerts.yml")
