@@ -7,8 +7,8 @@ import time
 
 from tests.processes import children, descendants
 
-# The helper that finds a database server's backends to SIGSTOP them (the frozen-database fault
-# case) must reach grandchildren too, as a PostgreSQL server's processes are.
+# descendants() picks the processes the frozen-database fault case stops: every level below the
+# server's listening process, not only its children.
 
 
 def test_descendants_reaches_every_level_of_a_process_tree() -> None:
