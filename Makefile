@@ -17,9 +17,15 @@ NODE_STAMP := engine/node_modules/.setup-stamp
 SYSTEM_TOOLS := prometheus promtool docker-compose psql chromium chromedriver
 SYSTEM_PACKAGES := prometheus docker-compose postgresql-client chromium chromium-driver
 
-.PHONY: setup system-tools test test-faults fuzz lint format demo bench clean distclean
+# The C sketch merge for the embedded engine (engine/sketch/Makefile), with the Debian packages
+# it builds with, installed when missing and possible. Without it the engine still runs and its
+# sketches merge in PL/pgSQL, several times slower; the suite's check of the engine fails.
+SKETCH_BUNDLE := engine/sketch/observability_sketch.tar.gz
+SKETCH_PACKAGES := clang-14 lld-14 wasi-libc postgresql-server-dev-all
 
-setup: $(PY_STAMP) $(NODE_STAMP)
+.PHONY: setup sketch-server sketch-install system-tools test test-faults fuzz lint format demo bench clean distclean
+
+setup: $(PY_STAMP) $(NODE_STAMP) $(SKETCH_BUNDLE)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +37,30 @@ $(PY_STAMP): pyproject.toml | $(BIN)/python
 $(NODE_STAMP): engine/package.json engine/package-lock.json
 	$(NPM) ci --prefix engine
 	@touch $@
+
+$(SKETCH_BUNDLE): engine/sketch/observability_sketch.c engine/sketch/Makefile
+	@if ! command -v clang-14 >/dev/null 2>&1 || ! command -v wasm-ld-14 >/dev/null 2>&1 \
+	    || [ ! -f /usr/include/wasm32-wasi/stdlib.h ] \
+	    || [ ! -f "$$(pg_config --includedir-server 2>/dev/null)/postgres.h" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages to build engine/sketch: $(SKETCH_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(SKETCH_PACKAGES) >/dev/null; \
+	  fi; \
+	fi
+	@$(MAKE) --no-print-directory -C engine/sketch wasm >/dev/null \
+	  || echo "warning: engine/sketch was not built (needs $(SKETCH_PACKAGES));" \
+	    "the embedded engine merges sketches in PL/pgSQL" >&2
+
+# The same C merge for a PostgreSQL server (docs/deployment.md), built with PGXS against the
+# server that PG_CONFIG names, and installed into its library directory.
+PG_CONFIG ?= pg_config
+
+sketch-server:
+	$(MAKE) -C engine/sketch PG_CONFIG=$(PG_CONFIG)
+
+sketch-install: sketch-server
+	$(MAKE) -C engine/sketch PG_CONFIG=$(PG_CONFIG) install
 
 system-tools:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
@@ -89,4 +119,4 @@ clean:
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './engine/node_modules/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) engine/node_modules
+	rm -rf $(VENV) engine/node_modules engine/sketch/wasm32 $(SKETCH_BUNDLE)

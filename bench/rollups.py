@@ -37,7 +37,7 @@ from bench.rollups_workload import (
 from worker.embedded.engine import EmbeddedEngine
 from worker.monitoring.health import rollup_statuses
 from worker.schema.install import install
-from worker.schema.sqltemplate import recorded_sketch
+from worker.schema.sqltemplate import recorded_sketch, sketch_merge_language
 
 Connection = psycopg.Connection[Any]
 SOURCES = ("traces", "llm_spans")
@@ -179,6 +179,7 @@ def measure(conn: Connection, opts: Options, scale: float) -> dict[str, Any]:
     schema = recorded_sketch(conn)
     assert schema is not None
     result["sketch"] = schema[0]
+    result["sketch_merge_language"] = sketch_merge_language(conn)
     definitions = rollup_definitions(schema[1])
     conn.execute(f"create schema if not exists {PLAIN_SCHEMA}")
     plain: dict[str, float] = {}
@@ -280,7 +281,8 @@ def report(result: dict[str, Any], scale: float, target: str) -> str:
     comparisons: list[Comparison] = result["comparisons"]
     title = (
         f"rollups on {target}: {result['traces']:,} traces, {result['spans']:,} LLM spans over "
-        f"30 days (scale {scale:g}), sketch: {result['sketch']}"
+        f"30 days (scale {scale:g}), sketch: {result['sketch']} (the project's sketch merges in "
+        f"{result['sketch_merge_language']})"
     )
     rows = []
     for c in comparisons:

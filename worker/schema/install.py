@@ -11,7 +11,7 @@ import psycopg
 from psycopg import pq
 
 from worker.schema.sqlfiles import SQL_DIR, SqlFile, SqlLayout, discover, split_statements
-from worker.schema.sqltemplate import TemplateError, render_for
+from worker.schema.sqltemplate import TemplateError, render_for, sketch_merge_language
 
 SCHEMA = "observability"
 MIGRATIONS_TABLE = f"{SCHEMA}.schema_migrations"
@@ -35,6 +35,8 @@ class InstallReport:
     applied: list[str] = field(default_factory=list)
     already_applied: list[str] = field(default_factory=list)
     idempotent: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the server's, while the files ran
+    sketch_merge_language: str | None = None
 
     def lines(self) -> list[str]:
         lines = [f"applied {name}" for name in self.applied]
@@ -45,6 +47,14 @@ class InstallReport:
             f"{len(self.applied)} incremental applied, {len(self.already_applied)} already "
             f"applied, {len(self.idempotent)} idempotent re-run"
         )
+        lines += [f"warning: {message}" for message in self.warnings]
+        if self.sketch_merge_language == "c":
+            lines.append("percentile sketches merge in C (engine/sketch)")
+        elif self.sketch_merge_language is not None:
+            lines.append(
+                "percentile sketches merge in PL/pgSQL: the C merge (engine/sketch) is not "
+                "installed on this server; see docs/deployment.md"
+            )
         return lines
 
 
@@ -142,6 +152,20 @@ def install(conn: psycopg.Connection[Any], sql_dir: Path = SQL_DIR) -> InstallRe
     """
     layout = discover(sql_dir)
     report = InstallReport()
+
+    def keep_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.severity_nonlocalized == "WARNING":
+            report.warnings.append(diagnostic.message_primary or "")
+
+    conn.add_notice_handler(keep_warning)
+    try:
+        _install(conn, layout, report)
+    finally:
+        conn.remove_notice_handler(keep_warning)
+    return report
+
+
+def _install(conn: psycopg.Connection[Any], layout: SqlLayout, report: InstallReport) -> None:
     with _autocommit(conn):
         with conn.transaction():
             _lock(conn)
@@ -160,7 +184,7 @@ def install(conn: psycopg.Connection[Any], sql_dir: Path = SQL_DIR) -> InstallRe
             _apply_idempotent(conn, sql_file)
             log.debug("ran %s", sql_file.label)
             report.idempotent.append(sql_file.name)
-    return report
+        report.sketch_merge_language = sketch_merge_language(conn)
 
 
 def uninstall(conn: psycopg.Connection[Any]) -> None:

@@ -34,6 +34,18 @@ def recorded_sketch(conn: psycopg.Connection[Any]) -> tuple[str, str] | None:
     return None if row is None else (row[0], row[1])
 
 
+def sketch_merge_language(conn: psycopg.Connection[Any]) -> str | None:
+    """The language of the project's sketch merge (sql/idempotent/013-sketch-merge-in-c.sql):
+    'c' where the server loaded engine/sketch, 'plpgsql' otherwise; None before the install."""
+    row = conn.execute(
+        "select l.lanname from pg_catalog.pg_proc as p"
+        " join pg_catalog.pg_language as l on l.oid = p.prolang"
+        " where p.oid = pg_catalog.to_regprocedure("
+        "'observability.sketch_merge(observability.percentile_sketch[])')"
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def render_for(conn: psycopg.Connection[Any], text: str) -> str:
     if SKETCH_SCHEMA not in text:
         return text

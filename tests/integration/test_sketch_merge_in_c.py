@@ -1,0 +1,216 @@
+"""rollup()'s final function in C (engine/sketch, sql/idempotent/013-sketch-merge-in-c.sql):
+the same sketch as the PL/pgSQL merge for every shape of input, clear errors for broken
+sketches, and the PL/pgSQL merge kept where the library cannot be loaded."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.test_sketch_unit_form import pieces, sparse_values
+from tests.rollup_support import rollup_conn, sketch_schema
+from worker.schema.sqlfiles import discover
+
+__all__ = ["rollup_conn"]
+
+SKETCHES = "observability.percentile_sketch[]"
+MERGE = "observability.sketch_merge(observability.percentile_sketch[])"
+
+
+@pytest.fixture
+def conn(rollup_conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    if sketch_schema(rollup_conn) != "observability":
+        pytest.skip("the toolkit's sketch is in use; the project's own is not")
+    return rollup_conn
+
+
+def merge_language(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(
+        "select l.lanname from pg_catalog.pg_proc as p"
+        " join pg_catalog.pg_language as l on l.oid = p.prolang"
+        " where p.oid = %s::pg_catalog.regprocedure",
+        [MERGE],
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+@pytest.fixture
+def c_conn(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    if merge_language(conn) != "c":
+        pytest.skip(
+            "this server has no observability_sketch library (make sketch-install);"
+            " its sketches merge in PL/pgSQL"
+        )
+    return conn
+
+
+def both_merges(conn: psycopg.Connection[Any], sketches: Any) -> tuple[Any, Any]:
+    row = conn.execute(
+        f"select observability.sketch_merge(%(s)s::{SKETCHES})::text,"
+        f" observability.sketch_merge_plpgsql(%(s)s::{SKETCHES})::text",
+        {"s": sketches},
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def sketch(n: int | None, lo: float, hi: float, keys: list[int], counts: list[int]) -> str:
+    """A sketch literal, for shapes percentile_agg does not write itself."""
+    fields = [
+        "" if n is None else str(n),
+        repr(lo),
+        repr(hi),
+        "{" + ",".join(map(str, keys)) + "}",
+        "{" + ",".join(map(str, counts)) + "}",
+    ]
+    return "(" + ",".join(f'"{f}"' if "," in f else f for f in fields) + ")"
+
+
+def unit_runs(keys: list[int], runs: int) -> list[str]:
+    """keys dealt into runs unit-form sketches, each sorted: the limits of the unit form."""
+    return [
+        sketch(len(part), 1.0, 2.0, sorted(part), [])
+        for part in (keys[i::runs] for i in range(runs))
+    ]
+
+
+def shapes(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Inputs of every shape the merge tells apart, from real sketches where possible."""
+    rng = random.Random(20261204)
+    sparse = pieces(conn, sparse_values(rng, 7, 80))  # sorted unit form, like a user's days
+    tiny = pieces(conn, sparse_values(rng, 5, 9))  # unit form, unsorted
+    dense = pieces(conn, [[rng.choice([1.0, 2.0, 3.0]) for _ in range(3000)] for _ in range(3)])
+    mixed_values = [
+        [0.0, -0.5, -7.25, 1e-300, 1e300, 42.0] * 20,
+        [rng.gauss(0, 50) for _ in range(90)],
+    ]
+    big_unit = pieces(conn, sparse_values(rng, 3, 3000))  # 9,000 values: past the unit limit
+    combined = conn.execute(
+        f"select observability.sketch_combine(%s::{SKETCHES})", [sparse[:3]]
+    ).fetchone()[0]  # type: ignore[index]
+    return {
+        "no array": None,
+        "empty array": [],
+        "one sketch": sparse[:1],
+        "one NULL": [None],
+        "NULLs only": [None, None],
+        "unit, small in all": tiny[:3],
+        "unit, sorted runs": sparse,
+        "unit, sorted and unsorted runs": sparse[:3] + tiny,
+        "unit, NULLs between": [None, *sparse[:2], None, tiny[0]],
+        "unit, past 8,192 values": big_unit,
+        "unit, many values per key": pieces(
+            conn, [[rng.choice([5.0, 6.0]) for _ in range(40)]] * 4
+        ),
+        "unit, 16 values per key": unit_runs([1100001 + k for k in range(5)] * 16, 2),
+        "unit, 17 values per key": unit_runs([1100001 + k for k in range(5)] * 17, 2),
+        "unit, 8,192 values": unit_runs([1100001 + k % 3000 for k in range(8192)], 3),
+        "unit, 8,193 values": unit_runs([1100001 + k % 3000 for k in range(8193)], 3),
+        "canonical": dense,
+        "canonical and unit": [dense[0], *sparse[:2], combined],
+        "negative, zero and extreme values": pieces(conn, mixed_values),
+        "small mixed pairs": [
+            sketch(3, 1.0, 2.0, [1100001, 1100070], [2, 1]),
+            sketch(2, 0.5, 9.0, [1099931, 1100222], []),
+        ],
+        "small mixed pairs, unsorted with repeats": [
+            sketch(4, 1.0, 5.0, [1100160, 1100001, 1100160], [1, 2, 1]),
+            sketch(1, 3.0, 3.0, [1100111], []),
+        ],
+        "a sketch of no values": [sketch(0, 1.0, 1.0, [], []), *tiny[:2]],
+        "a sketch without n": [sketch(None, 1.0, 1.0, [7], [1]), *sparse[:2]],
+    }
+
+
+def test_the_embedded_engine_merges_in_c(
+    conn: psycopg.Connection[Any], database_backend: str
+) -> None:
+    if database_backend != "embedded":
+        pytest.skip(
+            "on a server the C merge is optional (make sketch-install);"
+            " this checks the embedded engine"
+        )
+    assert merge_language(conn) == "c", (
+        "the embedded engine runs without engine/sketch/observability_sketch.tar.gz; run make setup"
+    )
+
+
+def test_the_c_merge_writes_the_same_sketch_as_plpgsql(c_conn: psycopg.Connection[Any]) -> None:
+    for name, sketches in shapes(c_conn).items():
+        c_sketch, plpgsql_sketch = both_merges(c_conn, sketches)
+        assert c_sketch == plpgsql_sketch, name
+
+
+def test_random_merges_agree(c_conn: psycopg.Connection[Any]) -> None:
+    rng = random.Random(4)
+    for case in range(40):
+        groups = [
+            [
+                rng.lognormvariate(rng.uniform(0, 8), rng.uniform(0.01, 2))
+                for _ in range(rng.choice([1, 5, 60, 400]))
+            ]
+            for _ in range(rng.randint(2, 9))
+        ]
+        sketches: list[Any] = pieces(c_conn, groups)
+        if case % 3 == 0:
+            sketches.insert(rng.randrange(len(sketches) + 1), None)
+        c_sketch, plpgsql_sketch = both_merges(c_conn, sketches)
+        assert c_sketch == plpgsql_sketch, case
+
+
+def test_rollup_of_a_table_uses_the_c_merge_with_the_same_result(
+    c_conn: psycopg.Connection[Any],
+) -> None:
+    rng = random.Random(11)
+    rows = [(g, rng.lognormvariate(5, 1.5)) for g in range(30) for _ in range(rng.randint(1, 300))]
+    with c_conn.transaction(force_rollback=True):
+        c_conn.execute("create temporary table merge_input (g int, v float8)")
+        with c_conn.cursor().copy("copy merge_input from stdin") as copy:
+            for row in rows:
+                copy.write_row(row)
+        mismatches = c_conn.execute(
+            "with hours as ("
+            "  select g, g % 4 as h, observability.percentile_agg(v) as s"
+            "  from merge_input group by g, h"
+            ") select h from hours group by h"
+            " having observability.rollup(s)::text is distinct from"
+            "   observability.sketch_merge_plpgsql(pg_catalog.array_agg(s))::text"
+        ).fetchall()
+    assert mismatches == []
+
+
+def test_a_broken_sketch_is_a_clear_error(c_conn: psycopg.Connection[Any]) -> None:
+    broken = [sketch(70, 1.0, 2.0, list(range(1100001, 1100071)), []), '(3,1,2,"{1,NULL,2}",{})']
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="must not contain NULL"):
+        c_conn.execute(f"select observability.sketch_merge(%s::{SKETCHES})", [broken])
+    c_conn.rollback()
+    without_keys = [sketch(1, 1.0, 1.0, [1100001], []), "(1,1,1,,{})"]
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="has no keys or no counts"):
+        c_conn.execute(f"select observability.sketch_merge(%s::{SKETCHES})", [without_keys])
+    c_conn.rollback()
+
+
+def test_without_the_library_the_install_keeps_the_plpgsql_merge(
+    conn: psycopg.Connection[Any],
+) -> None:
+    (install,) = [f for f in discover().idempotent if f.path.name == "013-sketch-merge-in-c.sql"]
+    missing = install.text.replace(
+        "'$libdir/observability_sketch'", "'$libdir/observability_sketch_absent'"
+    )
+    assert missing != install.text
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    sketches = pieces(conn, sparse_values(random.Random(5), 4, 100))
+    with conn.transaction(force_rollback=True):
+        conn.execute(missing)
+        assert merge_language(conn) == "plpgsql"
+        assert any(
+            "sketches merge in PL/pgSQL" in n and "observability_sketch_absent" in n
+            for n in notices
+        )
+        merged, reference = both_merges(conn, sketches)
+        assert merged == reference and merged is not None
