@@ -2,8 +2,9 @@
  * The project's percentile sketch merge (rollup()'s final function) in C.
  *
  * The same result as the PL/pgSQL observability.sketch_merge_plpgsql in
- * sql/idempotent/012-sketch-speed.sql, which stays the definition and the fallback where this
- * library is not installed: sql/idempotent/013-sketch-merge-in-c.sql points
+ * sql/idempotent/012-sketch-speed.sql for every sketch the project writes; that function stays
+ * the definition and the fallback where this library is not installed. Hand-made sketches that
+ * break the type's rules are refused or read plainly here (docs/rollups.md lists how): sql/idempotent/013-sketch-merge-in-c.sql points
  * observability.sketch_merge here when the server can load it. On the embedded engine, where
  * PL/pgSQL and the sorts it calls run in WASM, the per-group work of that function was most of
  * a weekly rollup (docs/rollups.md).
@@ -13,11 +14,16 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/htup_details.h"
 #include "catalog/pg_type_d.h"
+#include "common/int.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/typcache.h"
 
@@ -51,6 +57,18 @@ typedef struct Input
 	int			ncounts;
 } Input;
 
+static int64
+add_count(int64 a, int64 b)
+{
+	int64		sum;
+
+	if (pg_add_s64_overflow(a, b, &sum))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bigint out of range")));
+	return sum;
+}
+
 static ArrayType *
 array_of(Oid elemtype, int elemsize, const void *data, int n)
 {
@@ -78,7 +96,10 @@ array_elements(Datum d, Oid elemtype, int *n)
 	ArrayType  *a = DatumGetArrayTypeP(d);
 
 	if (ARR_ELEMTYPE(a) != elemtype)
-		elog(ERROR, "sketch array has element type %u, expected %u", ARR_ELEMTYPE(a), elemtype);
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("a percentile sketch's array has element type %s, expected %s",
+						format_type_be(ARR_ELEMTYPE(a)), format_type_be(elemtype))));
 	if (array_contains_nulls(a))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -131,6 +152,7 @@ NAME(T *v, T *tmp, int *starts, int runs) \
 	while (runs > 1) \
 	{ \
 		int			out = 0; \
+		CHECK_FOR_INTERRUPTS(); \
 		for (int r = 0; r < runs; r += 2) \
 		{ \
 			int			i = starts[r]; \
@@ -162,7 +184,12 @@ NAME(T *v, T *tmp, int *starts, int runs) \
 MERGE_RUNS(merge_key_runs, int32, KEY_OF_KEY)
 MERGE_RUNS(merge_pair_runs, Pair, KEY_OF_PAIR)
 
-/* The least minimum and greatest maximum of the inputs; least() and greatest() skip NULLs. */
+/*
+ * The least minimum and greatest maximum of the inputs, as PostgreSQL orders float8 (NaN above
+ * every number, -0 equal to 0), skipping NULLs. Of equal values least() and greatest() keep the
+ * first, the min() and max() aggregates of sketch_combine the last: both are kept, so the
+ * sketch holds the same -0 or 0 as the PL/pgSQL merge.
+ */
 typedef struct Range
 {
 	bool		has_lo;
@@ -170,6 +197,43 @@ typedef struct Range
 	float8		lo;
 	float8		hi;
 } Range;
+
+typedef struct Ranges
+{
+	Range		first;			/* least() and greatest() */
+	Range		last;			/* min() and max() */
+} Ranges;
+
+static int
+compare_float8(float8 a, float8 b)
+{
+	if (isnan(a))
+		return isnan(b) ? 0 : 1;
+	if (isnan(b))
+		return -1;
+	return (a > b) - (a < b);
+}
+
+static void
+widen(Ranges *r, bool lo_null, float8 lo, bool hi_null, float8 hi)
+{
+	if (!lo_null)
+	{
+		if (!r->first.has_lo || compare_float8(lo, r->first.lo) < 0)
+			r->first.lo = lo;
+		if (!r->last.has_lo || compare_float8(lo, r->last.lo) <= 0)
+			r->last.lo = lo;
+		r->first.has_lo = r->last.has_lo = true;
+	}
+	if (!hi_null)
+	{
+		if (!r->first.has_hi || compare_float8(hi, r->first.hi) > 0)
+			r->first.hi = hi;
+		if (!r->last.has_hi || compare_float8(hi, r->last.hi) >= 0)
+			r->last.hi = hi;
+		r->first.has_hi = r->last.has_hi = true;
+	}
+}
 
 static Datum
 sketch_datum(TupleDesc desc, int64 n, const Range *range, ArrayType *keys, ArrayType *counts)
@@ -253,7 +317,7 @@ merge_unit(TupleDesc desc, const Input *in, int inputs, int64 total, const Range
  */
 static Datum
 merge_pairs(TupleDesc desc, const Input *in, int inputs, int64 total, int nkeys,
-			const Range *range)
+			const Ranges *ranges)
 {
 	Pair	   *pairs = palloc(sizeof(Pair) * nkeys);
 	int		   *starts = palloc(sizeof(int) * (inputs + 1));
@@ -267,6 +331,7 @@ merge_pairs(TupleDesc desc, const Input *in, int inputs, int64 total, int nkeys,
 
 	for (int s = 0; s < inputs; s++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (in[s].nkeys == 0)
 			continue;
 		for (int i = 0; i < in[s].nkeys; i++)
@@ -285,7 +350,7 @@ merge_pairs(TupleDesc desc, const Input *in, int inputs, int64 total, int nkeys,
 			ks[i] = pairs[i].key;
 			cs[i] = pairs[i].count;
 		}
-		return sketch_datum(desc, total, range, array_of(INT4OID, sizeof(int32), ks, at),
+		return sketch_datum(desc, total, &ranges->first, array_of(INT4OID, sizeof(int32), ks, at),
 							array_of(INT8OID, sizeof(int64), cs, at));
 	}
 	for (int r = 0; r < runs; r++)
@@ -295,16 +360,78 @@ merge_pairs(TupleDesc desc, const Input *in, int inputs, int64 total, int nkeys,
 	for (int i = 0; i < at; i++)
 	{
 		if (out > 0 && ks[out - 1] == sorted[i].key)
-			cs[out - 1] += sorted[i].count;
+			cs[out - 1] = add_count(cs[out - 1], sorted[i].count);
 		else
 		{
 			ks[out] = sorted[i].key;
 			cs[out++] = sorted[i].count;
 		}
-		n += sorted[i].count;
+		n = add_count(n, sorted[i].count);
 	}
-	return sketch_datum(desc, n, range, array_of(INT4OID, sizeof(int32), ks, out),
+	return sketch_datum(desc, n, &ranges->last, array_of(INT4OID, sizeof(int32), ks, out),
 						array_of(INT8OID, sizeof(int64), cs, out));
+}
+
+/*
+ * The row type of the input array's elements. Its fields' types are checked where the function
+ * is created (sql/idempotent/013-sketch-merge-in-c.sql), not here: pg_attribute's struct, which
+ * TupleDescAttr reads, differs between the PostgreSQL versions the WASM build spans
+ * (engine/sketch/Makefile), and the catalog functions that would read it are not all exported
+ * by the embedded engine. A type in use by a table cannot change its fields' types.
+ */
+static TupleDesc
+sketch_tupdesc(Oid sketch_type)
+{
+	TupleDesc	desc = lookup_rowtype_tupdesc(sketch_type, -1);
+
+	if (desc->natts != FIELDS)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s is not laid out as a percentile sketch", format_type_be(sketch_type)),
+				 errdetail("Expected (n bigint, min_value float8, max_value float8,"
+						   " keys integer[], counts bigint[]).")));
+	return desc;
+}
+
+/*
+ * Reads one sketch into s; false for a sketch without n, which the merge skips. A sketch without
+ * counts (NULL or '{}') counts one value a key; otherwise it has a count for every key.
+ */
+static bool
+read_sketch(TupleDesc desc, Datum element, Input *s, bool *lo_null, float8 *lo, bool *hi_null,
+			float8 *hi)
+{
+	HeapTupleHeader th = (HeapTupleHeader) PG_DETOAST_DATUM(element);
+	HeapTupleData tuple;
+	Datum		values[FIELDS];
+	bool		nulls[FIELDS];
+
+	tuple.t_len = HeapTupleHeaderGetDatumLength(th);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = th;
+	heap_deform_tuple(&tuple, desc, values, nulls);
+	if (nulls[FIELD_N])
+		return false;
+	s->n = DatumGetInt64(values[FIELD_N]);
+	if (nulls[FIELD_KEYS])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("a percentile sketch of %lld values has no keys", (long long) s->n)));
+	s->keys = array_elements(values[FIELD_KEYS], INT4OID, &s->nkeys);
+	s->counts = NULL;
+	s->ncounts = 0;
+	if (!nulls[FIELD_COUNTS])
+		s->counts = array_elements(values[FIELD_COUNTS], INT8OID, &s->ncounts);
+	if (s->ncounts != 0 && s->ncounts != s->nkeys)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a percentile sketch has %d keys but %d counts", s->nkeys, s->ncounts)));
+	*lo_null = nulls[FIELD_MIN];
+	*lo = *lo_null ? 0 : DatumGetFloat8(values[FIELD_MIN]);
+	*hi_null = nulls[FIELD_MAX];
+	*hi = *hi_null ? 0 : DatumGetFloat8(values[FIELD_MAX]);
+	return true;
 }
 
 PG_FUNCTION_INFO_V1(sketch_merge);
@@ -322,7 +449,7 @@ sketch_merge(PG_FUNCTION_ARGS)
 	int			inputs = 0;
 	int64		total = 0;
 	int64		nkeys = 0;
-	Range		range = {false, false, 0, 0};
+	Ranges		ranges = {{false, false, 0, 0}, {false, false, 0, 0}};
 	bool		unit = true;
 	bool		isnull = false;
 	Datum		result;
@@ -339,53 +466,23 @@ sketch_merge(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 		PG_RETURN_DATUM(elements[0]);
 	}
-	desc = lookup_rowtype_tupdesc(sketch_type, -1);
-	if (desc->natts != FIELDS)
-		elog(ERROR, "type %u is not a percentile sketch", sketch_type);
+	desc = sketch_tupdesc(sketch_type);
 	in = palloc(sizeof(Input) * (count > 0 ? count : 1));
 	for (int e = 0; e < count; e++)
 	{
-		HeapTupleHeader th;
-		HeapTupleData tuple;
-		Datum		values[FIELDS];
-		bool		nulls[FIELDS];
-		Input	   *s = &in[inputs];
+		bool		lo_null;
+		bool		hi_null;
+		float8		lo;
+		float8		hi;
 
-		if (element_nulls[e])
+		CHECK_FOR_INTERRUPTS();
+		if (element_nulls[e]
+			|| !read_sketch(desc, elements[e], &in[inputs], &lo_null, &lo, &hi_null, &hi))
 			continue;
-		th = (HeapTupleHeader) PG_DETOAST_DATUM(elements[e]);
-		tuple.t_len = HeapTupleHeaderGetDatumLength(th);
-		ItemPointerSetInvalid(&tuple.t_self);
-		tuple.t_tableOid = InvalidOid;
-		tuple.t_data = th;
-		heap_deform_tuple(&tuple, desc, values, nulls);
-		if (nulls[FIELD_N])
-			continue;
-		s->n = DatumGetInt64(values[FIELD_N]);
-		if (nulls[FIELD_KEYS] || nulls[FIELD_COUNTS])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("a percentile sketch of %lld values has no keys or no counts",
-							(long long) s->n)));
-		s->keys = array_elements(values[FIELD_KEYS], INT4OID, &s->nkeys);
-		s->counts = array_elements(values[FIELD_COUNTS], INT8OID, &s->ncounts);
-		total += s->n;
-		nkeys += s->nkeys;
-		unit = unit && s->n == s->nkeys;
-		if (!nulls[FIELD_MIN])
-		{
-			float8		v = DatumGetFloat8(values[FIELD_MIN]);
-
-			range.lo = range.has_lo && range.lo <= v ? range.lo : v;
-			range.has_lo = true;
-		}
-		if (!nulls[FIELD_MAX])
-		{
-			float8		v = DatumGetFloat8(values[FIELD_MAX]);
-
-			range.hi = range.has_hi && range.hi >= v ? range.hi : v;
-			range.has_hi = true;
-		}
+		total = add_count(total, in[inputs].n);
+		nkeys += in[inputs].nkeys;
+		unit = unit && in[inputs].n == in[inputs].nkeys;
+		widen(&ranges, lo_null, lo, hi_null, hi);
 		inputs++;
 	}
 	if (nkeys > (int64) (MaxAllocSize / sizeof(Pair)))
@@ -396,9 +493,9 @@ sketch_merge(PG_FUNCTION_ARGS)
 	if (total == 0)
 		result = (Datum) 0, isnull = true;
 	else if (unit)
-		result = merge_unit(desc, in, inputs, total, &range, &isnull);
+		result = merge_unit(desc, in, inputs, total, &ranges.first, &isnull);
 	else
-		result = merge_pairs(desc, in, inputs, total, (int) nkeys, &range);
+		result = merge_pairs(desc, in, inputs, total, (int) nkeys, &ranges);
 	ReleaseTupleDesc(desc);
 	if (isnull)
 		PG_RETURN_NULL();

@@ -5,28 +5,47 @@
 --
 -- The library, engine/sketch/observability_sketch.c, is built into the embedded engine by
 -- `make setup` and installed on a server with `make sketch-install`
--- (docs/deployment.md). Creating a C function needs a superuser; without one, or without the
--- library, the install goes on with the PL/pgSQL merge and says so. The function keeps its OID
--- either way, so the rollup aggregate and the continuous aggregates over it are untouched.
+-- (docs/deployment.md). Creating a C function needs a superuser. Without the library the install
+-- goes on with the PL/pgSQL merge and says so in a notice; with a library it cannot use (another
+-- PostgreSQL version, a broken build) or without a superuser, in a warning. A C merge a superuser
+-- installed stays when the database owner installs again. The function keeps its OID either way,
+-- so the rollup aggregate and the continuous aggregates over it are untouched.
 do $$
 declare
+  merge constant pg_catalog.regprocedure :=
+    pg_catalog.to_regprocedure('observability.sketch_merge(observability.percentile_sketch[])');
+  state text;
   reason text;
   plpgsql_body text;
 begin
-  begin
-    create or replace function observability.sketch_merge
-      (sketches observability.percentile_sketch[])
-    returns observability.percentile_sketch
-    language c immutable parallel safe
-    as '$libdir/observability_sketch', 'sketch_merge';
-  exception
-    when undefined_file then
-      reason := sqlerrm;  -- not installed: the usual case on a server
-    when insufficient_privilege or feature_not_supported or internal_error then
-      reason := sqlerrm;  -- e.g. a build for another PostgreSQL version
-      raise warning 'the C sketch merge is installed but cannot be used: %', sqlerrm;
-  end;
-  if reason is null then
+  -- the C merge reads the fields by position and type (a dropped field has type 0)
+  if (
+    select pg_catalog.array_agg(a.atttypid order by a.attnum)
+    from pg_catalog.pg_attribute as a
+    where a.attrelid = 'observability.percentile_sketch'::pg_catalog.regclass and a.attnum > 0
+  ) is distinct from
+    '{bigint,float8,float8,integer[],bigint[]}'::pg_catalog.regtype[]::pg_catalog.oid[]
+  then
+    state := '42804';
+    reason := 'observability.percentile_sketch is not laid out as the C merge reads it';
+  else
+    begin
+      create or replace function observability.sketch_merge
+        (sketches observability.percentile_sketch[])
+      returns observability.percentile_sketch
+      language c immutable parallel safe
+      as '$libdir/observability_sketch', 'sketch_merge';
+      return;
+    exception when others then
+      get stacked diagnostics state = returned_sqlstate, reason = message_text;
+    end;
+  end if;
+  if state = '42501' and exists (
+    select from pg_catalog.pg_proc as p
+    join pg_catalog.pg_language as l on l.oid = p.prolang
+    where p.oid = merge and l.lanname = 'c'
+  ) then
+    raise notice 'kept the C sketch merge a superuser installed (%)', reason;
     return;
   end if;
   select p.prosrc into strict plpgsql_body
@@ -41,6 +60,11 @@ begin
     language plpgsql immutable parallel safe as %L
     $ddl$,
     plpgsql_body);
-  raise notice 'sketches merge in PL/pgSQL (%)', reason;
+  if state = '58P01' and reason like 'could not access file%' then
+    raise notice 'sketches merge in PL/pgSQL (%)', reason;  -- not installed: usual on a server
+  else
+    raise warning 'the C sketch merge cannot be used, sketches merge in PL/pgSQL: % (SQLSTATE %)',
+      reason, state;
+  end if;
 end
 $$;

@@ -4,6 +4,7 @@ sketches, and the PL/pgSQL merge kept where the library cannot be loaded."""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -78,6 +79,19 @@ def unit_runs(keys: list[int], runs: int) -> list[str]:
     ]
 
 
+KEYS = [1100001 + 3 * k for k in range(200)]
+
+
+def counted_runs(keys: int) -> list[str]:
+    """Two canonical sketches of keys keys in all, some shared: the limit of the small merge."""
+    first = KEYS[: keys // 2]
+    second = KEYS[keys // 2 - 5 : keys - 5]
+    return [
+        sketch(2 * len(first), 1.0, 2.0, first, [2] * len(first)),
+        sketch(3 * len(second), 0.5, 3.0, second, [3] * len(second)),
+    ]
+
+
 def shapes(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Inputs of every shape the merge tells apart, from real sketches where possible."""
     rng = random.Random(20261204)
@@ -123,6 +137,28 @@ def shapes(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         ],
         "a sketch of no values": [sketch(0, 1.0, 1.0, [], []), *tiny[:2]],
         "a sketch without n": [sketch(None, 1.0, 1.0, [7], [1]), *sparse[:2]],
+        "unit, 64 values in all": [sketch(32, 1.0, 2.0, KEYS[32:64], []), *unit_runs(KEYS[:32], 1)],
+        "unit, 65 values in all": [sketch(33, 1.0, 2.0, KEYS[32:65], []), *unit_runs(KEYS[:32], 1)],
+        "pairs, 64 keys in all": counted_runs(64),
+        "pairs, 65 keys in all": counted_runs(65),
+        "unit, without a counts array": [
+            '(2,1,2,"{1100001,1100070}",)',
+            sketch(70, 0.5, 3.0, KEYS[:70], []),
+        ],
+        "unit, NaN as a maximum": [sketch(1, 1.0, 1.0, [1100001], []), "(1,1,NaN,{1100002},{})"],
+        "unit, NaN as a minimum": ["(1,NaN,NaN,{1100002},{})", sketch(1, 1.0, 1.0, [1100001], [])],
+        "unit, 0 then -0": unit_runs(KEYS[:70], 1)
+        + [sketch(1, -0.0, -0.0, [0], [])]
+        + [sketch(1, 0.0, 0.0, [0], [])],
+        "unit, -0 then 0": [sketch(1, -0.0, -0.0, [0], []), sketch(1, 0.0, 0.0, [0], [])],
+        "canonical, 0 then -0": [
+            sketch(140, 0.0, -0.0, KEYS[:70], [2] * 70),
+            sketch(140, -0.0, 0.0, KEYS[:70], [2] * 70),
+        ],
+        "canonical, -0 then 0": [
+            sketch(140, -0.0, 0.0, KEYS[:70], [2] * 70),
+            sketch(140, 0.0, -0.0, KEYS[:70], [2] * 70),
+        ],
     }
 
 
@@ -189,19 +225,115 @@ def test_a_broken_sketch_is_a_clear_error(c_conn: psycopg.Connection[Any]) -> No
         c_conn.execute(f"select observability.sketch_merge(%s::{SKETCHES})", [broken])
     c_conn.rollback()
     without_keys = [sketch(1, 1.0, 1.0, [1100001], []), "(1,1,1,,{})"]
-    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="has no keys or no counts"):
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="has no keys"):
         c_conn.execute(f"select observability.sketch_merge(%s::{SKETCHES})", [without_keys])
     c_conn.rollback()
+
+
+def test_a_total_past_bigint_is_out_of_range_in_both_merges(
+    c_conn: psycopg.Connection[Any],
+) -> None:
+    huge = 9223372036854775807
+    for sketches in (
+        [sketch(huge, 1.0, 1.0, [1100001], [huge]), sketch(1, 1.0, 1.0, [1100001], [])],
+        [
+            sketch(1, 1.0, 1.0, KEYS[:70], [huge] + [0] * 69),
+            sketch(1, 1.0, 1.0, KEYS[:70], [1] * 70),
+        ],
+    ):
+        for merge in ("sketch_merge", "sketch_merge_plpgsql"):
+            with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="bigint out of range"):
+                c_conn.execute(f"select observability.{merge}(%s::{SKETCHES})", [sketches])
+            c_conn.rollback()
+
+
+def test_counts_that_do_not_match_the_keys_are_an_error(c_conn: psycopg.Connection[Any]) -> None:
+    # The PL/pgSQL merge writes a sketch with more counts than keys here; the C one refuses.
+    sketches = ['(3,1,2,"{1100001,1100002}","{1,1,1}")', sketch(1, 1.0, 1.0, [1100003], [])]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="has 2 keys but 3 counts"):
+        c_conn.execute(f"select observability.sketch_merge(%s::{SKETCHES})", [sketches])
+    c_conn.rollback()
+
+
+def install_sql(old: str = "", new: str = "") -> str:
+    (install,) = [f for f in discover().idempotent if f.path.name == "013-sketch-merge-in-c.sql"]
+    changed = install.text.replace(old, new)
+    assert changed != install.text or not old
+    return changed
+
+
+def test_an_unusable_library_warns_and_keeps_the_plpgsql_merge(
+    conn: psycopg.Connection[Any],
+) -> None:
+    messages: list[tuple[str, str]] = []
+    conn.add_notice_handler(
+        lambda d: messages.append((d.severity_nonlocalized or "", d.message_primary or ""))
+    )
+    without_symbol = install_sql("'sketch_merge';", "'sketch_merge_absent';")
+    with conn.transaction(force_rollback=True):
+        conn.execute(without_symbol)
+        assert merge_language(conn) == "plpgsql"
+    assert any(
+        severity == "WARNING" and "cannot be used" in text and "sketch_merge_absent" in text
+        for severity, text in messages
+    ), messages
+
+
+def test_a_sketch_type_of_another_layout_keeps_the_plpgsql_merge(
+    conn: psycopg.Connection[Any],
+) -> None:
+    messages: list[tuple[str, str]] = []
+    conn.add_notice_handler(
+        lambda d: messages.append((d.severity_nonlocalized or "", d.message_primary or ""))
+    )
+    # The layout the install expects, changed: as if a field of the type had another type.
+    other_layout = install_sql("{bigint,float8,float8,", "{bigint,float4,float8,")
+    with conn.transaction(force_rollback=True):
+        conn.execute(other_layout)
+        assert merge_language(conn) == "plpgsql"
+    assert any(
+        severity == "WARNING" and "not laid out as the C merge reads it" in text
+        for severity, text in messages
+    ), messages
+
+
+def test_the_database_owner_keeps_the_c_merge_a_superuser_installed(
+    c_conn: psycopg.Connection[Any],
+) -> None:
+    owner = f"sketch_owner_{os.getpid()}"
+    messages: list[tuple[str, str]] = []
+    c_conn.add_notice_handler(
+        lambda d: messages.append((d.severity_nonlocalized or "", d.message_primary or ""))
+    )
+    with c_conn.transaction(force_rollback=True):
+        c_conn.execute(f"create role {owner}")
+        c_conn.execute(f"grant usage, create on schema observability to {owner}")
+        c_conn.execute(f"alter function {MERGE} owner to {owner}")
+        c_conn.execute(f"set local role {owner}")
+        c_conn.execute(install_sql())
+        assert merge_language(c_conn) == "c"
+        assert any(
+            severity == "NOTICE" and "kept the C sketch merge" in text
+            for severity, text in messages
+        ), messages
+        # Where the merge is not C yet, the owner cannot make it C: a warning, and PL/pgSQL.
+        c_conn.execute("reset role")
+        c_conn.execute(
+            install_sql("'$libdir/observability_sketch'", "'$libdir/observability_sketch_absent'")
+        )
+        c_conn.execute(f"set local role {owner}")
+        messages.clear()
+        c_conn.execute(install_sql())
+        assert merge_language(c_conn) == "plpgsql"
+        assert any(
+            severity == "WARNING" and "cannot be used" in text for severity, text in messages
+        ), messages
 
 
 def test_without_the_library_the_install_keeps_the_plpgsql_merge(
     conn: psycopg.Connection[Any],
 ) -> None:
-    (install,) = [f for f in discover().idempotent if f.path.name == "013-sketch-merge-in-c.sql"]
-    missing = install.text.replace(
-        "'$libdir/observability_sketch'", "'$libdir/observability_sketch_absent'"
-    )
-    assert missing != install.text
+    missing = install_sql("'$libdir/observability_sketch'", "'$libdir/observability_sketch_absent'")
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
     sketches = pieces(conn, sparse_values(random.Random(5), 4, 100))
