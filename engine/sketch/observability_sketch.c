@@ -4,10 +4,10 @@
  * The same result as the PL/pgSQL observability.sketch_merge_plpgsql in
  * sql/idempotent/012-sketch-speed.sql for every sketch the project writes; that function stays
  * the definition and the fallback where this library is not installed. Hand-made sketches that
- * break the type's rules are refused or read plainly here (docs/rollups.md lists how): sql/idempotent/013-sketch-merge-in-c.sql points
- * observability.sketch_merge here when the server can load it. On the embedded engine, where
- * PL/pgSQL and the sorts it calls run in WASM, the per-group work of that function was most of
- * a weekly rollup (docs/rollups.md).
+ * break the type's rules are refused or read plainly here (docs/rollups.md lists how).
+ * sql/idempotent/013-sketch-merge-in-c.sql points observability.sketch_merge here when the
+ * server can load it. On the embedded engine, where PL/pgSQL and the sorts it calls run in
+ * WASM, the per-group work of that function was most of a weekly rollup (docs/rollups.md).
  *
  * Inputs are sorted runs of keys (every sketch of more than 64 keys is stored sorted), so the
  * merge sorts only the small unsorted inputs and then merges the runs.

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.test_sketch_unit_form import pieces, sparse_values
 from tests.rollup_support import rollup_conn, sketch_schema
 from worker.schema.sqlfiles import discover
+from worker.schema.sqltemplate import sketch_merge_language
 
 __all__ = ["rollup_conn"]
 
@@ -29,14 +30,9 @@ def conn(rollup_conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
 
 
 def merge_language(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute(
-        "select l.lanname from pg_catalog.pg_proc as p"
-        " join pg_catalog.pg_language as l on l.oid = p.prolang"
-        " where p.oid = %s::pg_catalog.regprocedure",
-        [MERGE],
-    ).fetchone()
-    assert row is not None
-    return row[0]
+    language = sketch_merge_language(conn)
+    assert language is not None
+    return language
 
 
 @pytest.fixture
@@ -262,13 +258,19 @@ def install_sql(old: str = "", new: str = "") -> str:
     return changed
 
 
-def test_an_unusable_library_warns_and_keeps_the_plpgsql_merge(
-    conn: psycopg.Connection[Any],
-) -> None:
+def recorded_notices(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(severity, message) of every notice the server sends on conn from now on."""
     messages: list[tuple[str, str]] = []
     conn.add_notice_handler(
         lambda d: messages.append((d.severity_nonlocalized or "", d.message_primary or ""))
     )
+    return messages
+
+
+def test_an_unusable_library_warns_and_keeps_the_plpgsql_merge(
+    conn: psycopg.Connection[Any],
+) -> None:
+    messages = recorded_notices(conn)
     without_symbol = install_sql("'sketch_merge';", "'sketch_merge_absent';")
     with conn.transaction(force_rollback=True):
         conn.execute(without_symbol)
@@ -282,10 +284,7 @@ def test_an_unusable_library_warns_and_keeps_the_plpgsql_merge(
 def test_a_sketch_type_of_another_layout_keeps_the_plpgsql_merge(
     conn: psycopg.Connection[Any],
 ) -> None:
-    messages: list[tuple[str, str]] = []
-    conn.add_notice_handler(
-        lambda d: messages.append((d.severity_nonlocalized or "", d.message_primary or ""))
-    )
+    messages = recorded_notices(conn)
     # The layout the install expects, changed: as if a field of the type had another type.
     other_layout = install_sql("{bigint,float8,float8,", "{bigint,float4,float8,")
     with conn.transaction(force_rollback=True):
@@ -301,10 +300,7 @@ def test_the_database_owner_keeps_the_c_merge_a_superuser_installed(
     c_conn: psycopg.Connection[Any],
 ) -> None:
     owner = f"sketch_owner_{os.getpid()}"
-    messages: list[tuple[str, str]] = []
-    c_conn.add_notice_handler(
-        lambda d: messages.append((d.severity_nonlocalized or "", d.message_primary or ""))
-    )
+    messages = recorded_notices(c_conn)
     with c_conn.transaction(force_rollback=True):
         c_conn.execute(f"create role {owner}")
         c_conn.execute(f"grant usage, create on schema observability to {owner}")
