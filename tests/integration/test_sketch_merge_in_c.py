@@ -273,7 +273,11 @@ def recorded_notices(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
         # a library without the function
         ("'sketch_merge';", "'sketch_merge_absent';", ("cannot be used", "sketch_merge_absent")),
         # the layout the install expects, changed: as if a field of the type had another type
-        ("{bigint,float8,float8,", "{bigint,float4,float8,", ("not laid out as the C merge",)),
+        (
+            "{bigint,float8,float8,",
+            "{bigint,float4,float8,",
+            ("not laid out as the C merge reads it",),
+        ),
     ],
     ids=["missing-symbol", "other-layout"],
 )
@@ -324,15 +328,14 @@ def test_without_the_library_the_install_keeps_the_plpgsql_merge(
     conn: psycopg.Connection[Any],
 ) -> None:
     missing = install_sql("'$libdir/observability_sketch'", "'$libdir/observability_sketch_absent'")
-    notices: list[str] = []
-    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    messages = recorded_notices(conn)
     sketches = pieces(conn, sparse_values(random.Random(5), 4, 100))
     with conn.transaction(force_rollback=True):
         conn.execute(missing)
         assert merge_language(conn) == "plpgsql"
         assert any(
-            "sketches merge in PL/pgSQL" in n and "observability_sketch_absent" in n
-            for n in notices
+            "sketches merge in PL/pgSQL" in text and "observability_sketch_absent" in text
+            for _, text in messages
         )
         merged, reference = both_merges(conn, sketches)
         assert merged == reference and merged is not None
